@@ -1,0 +1,1 @@
+"""Plans presets (JSON) for SAM networks; see ``sam_nnunet.plans``."""

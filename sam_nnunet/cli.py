@@ -1,0 +1,128 @@
+"""``sam_nnunet`` command line: environment, dataset conversion, SAM plans and the CPU demo."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from sam_nnunet import trainers_folder
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """Print the exports nnU-Net needs to find the trainers (and, with --root, its data folders)."""
+    lines = [f"export nnUNet_extTrainer={shlex.quote(trainers_folder())}"]
+    if args.root:
+        root = Path(args.root).resolve()
+        for var, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed"),
+                         ("nnUNet_results", "nnUNet_results")):
+            lines.append(f"export {var}={shlex.quote(str(root / sub))}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_convert_acdc(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.acdc import convert_acdc
+
+    convert_acdc(args.input, args.dataset_id, max_patients=args.patients, holdout=args.holdout)
+    return 0
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    from sam_nnunet.plans import write_sam_plans
+
+    out = write_sam_plans(args.dataset, args.preset, args.source_plans)
+    print(f"wrote {out}  (use: nnUNetv2_train ... -p {out.stem})")
+    return 0
+
+
+def _run(cmd: List[str], env: Dict[str, str]) -> None:
+    print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Convert -> plan/preprocess -> SAM plans -> train -> predict -> Dice, on CPU, with the real CLIs."""
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        print(f"{out} is not empty; choose a new --out folder (the demo never overwrites results).", file=sys.stderr)
+        return 2
+    env = dict(os.environ, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(out / "nnUNet_preprocessed"),
+               nnUNet_results=str(out / "nnUNet_results"), nnUNet_extTrainer=trainers_folder(),
+               nnUNet_n_proc_DA=str(args.processes), nnUNet_compile="false",
+               SAM_NNUNET_ITERATIONS_PER_EPOCH=str(args.iterations),
+               SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=str(max(1, args.iterations // 5)))
+    d = str(args.dataset_id)
+    trainer = f"HSPSAMTrainer_{args.epochs}epochs" if args.epochs != 1 else "HSPSAMTrainer_1epoch"
+    raw = out / "nnUNet_raw" / f"Dataset{args.dataset_id:03d}_ACDC"
+    _run([sys.executable, "-m", "sam_nnunet.cli", "convert-acdc", "-i", args.input, "-d", d,
+          "--patients", str(args.patients), "--holdout", str(args.holdout)], env)
+    _run(["nnUNetv2_plan_and_preprocess", "-d", d, "-c", "2d", "-np", str(args.processes),
+          "--verify_dataset_integrity"], env)
+    _run([sys.executable, "-m", "sam_nnunet.cli", "plans", "-d", d, "--preset", "cpu_tiny"], env)
+    _run(["nnUNetv2_train", d, "2d", "0", "-tr", trainer, "-p", "nnUNetPlans_SAMcpu", "-device", "cpu"], env)
+    pred = out / "predictions"
+    _run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", d, "-c", "2d", "-tr", trainer,
+          "-p", "nnUNetPlans_SAMcpu", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    _run(["nnUNetv2_evaluate_simple", str(raw / "labelsTs"), str(pred), "-l", "1", "2", "3"], env)
+    import json
+
+    summary = json.loads((pred / "summary.json").read_text())
+    names = {"1": "RV", "2": "MLV", "3": "LVC"}
+    per_class = ", ".join(f"{names[k]} {v['Dice']:.3f}" for k, v in summary["mean"].items())
+    print(f"\nHeld-out Dice ({len(summary['metric_per_case'])} volumes): {per_class}; "
+          f"mean {summary['foreground_mean']['Dice']:.3f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sam_nnunet", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("env", help="print the exports nnU-Net needs (eval \"$(sam_nnunet env)\")")
+    e.add_argument("--root", help="also export nnUNet_raw/_preprocessed/_results under this folder")
+    e.set_defaults(func=cmd_env)
+
+    a = sub.add_parser("convert-acdc", help="ACDC (official layout) -> nnU-Net raw dataset + patient splits")
+    a.add_argument("-i", "--input", required=True, help="ACDC folder holding training/ (and testing/)")
+    a.add_argument("-d", "--dataset-id", type=int, default=27)
+    a.add_argument("--patients", type=int, default=None, help="use only the first N patients")
+    a.add_argument("--holdout", type=int, default=0, help="last N patients -> imagesTs/labelsTs")
+    a.set_defaults(func=cmd_convert_acdc)
+
+    pl = sub.add_parser("plans", help="derive SAM plans from nnU-Net's plans (same preprocessed data)")
+    pl.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
+    pl.add_argument("--preset", default="cpu_tiny", help="preset name in plans/ or a JSON path")
+    pl.add_argument("--source-plans", default="nnUNetPlans")
+    pl.set_defaults(func=cmd_plans)
+
+    dm = sub.add_parser("demo", help="end-to-end HSP-SAM on the shipped ACDC data, on CPU")
+    dm.add_argument("-i", "--input", default="../shared/data/ACDC")
+    dm.add_argument("--out", required=True, help="new folder for all nnU-Net data and results")
+    dm.add_argument("-d", "--dataset-id", type=int, default=27)
+    dm.add_argument("--patients", type=int, default=20)
+    dm.add_argument("--holdout", type=int, default=4)
+    dm.add_argument("--epochs", type=int, default=10, choices=[1, 5, 10, 20, 50, 100, 250])
+    dm.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    dm.add_argument("--processes", type=int, default=2)
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: List[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"sam_nnunet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"sam_nnunet {args.command}: step failed (exit {e.returncode}): {' '.join(e.cmd)}", file=sys.stderr)
+        return e.returncode or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

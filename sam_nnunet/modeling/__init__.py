@@ -1,0 +1,1 @@
+"""Network parts of the SAM networks (encoder, LoRA, prompts, decoders) and their compositions."""

@@ -1,0 +1,182 @@
+"""HSP-SAM: Hierarchical Self-Prompting SAM (shared/papers/000, sections 3.2-3.4), as an nnU-Net network.
+
+Composition (each part its own module):
+
+* ``encoder``: SAM ViT (:class:`SAMImageEncoder`) with LoRA on every block (:mod:`.lora`);
+* ``prompts[j]``: Q&A prompt pairs of global layer j (:class:`QAPromptPairs`): Q_j joins the tokens of
+  encoder global block j, A_j = MLP_j(f_j(Q_j)) goes to decoder j;
+* ``necks[j]``: SAM neck mapping embedding_j (d_I) to decoder width d_D;
+* ``decoders[j]``: :class:`HierarchicalMaskDecoderBlock`, wired as Eq. 2::
+
+      output_N = Decoder_N(neck_N(embedding_N), A_N)
+      output_i = Decoder_i(output_{i+1} + neck_i(embedding_i) + output_N, A_i),  i = N-1 .. 1
+
+Levels are numbered 1..N from the shallowest global block; level 1 gives the prediction.
+
+Ablation switches (paper Table 5): ``qa_prompts`` (Q&A pairs), ``hierarchical`` (N decoders; off:
+one decoder on the last embedding, i.e. fine-tuned SAM / Ablation_1), ``skip_connections`` (the
+``+ output_N`` term; off: output_i = Decoder_i(output_{i+1} + neck_i(embedding_i), A_i)).
+
+nnU-Net integration choices:
+
+* Outputs: one mask token per nnU-Net segmentation head (background + classes, or one per region).
+  The number of Q&A pairs ``num_prompts`` defaults to the number of segmentation targets c
+  (foreground classes or regions), as the paper sets it.
+* Mask logits come out at 4x the token grid (SAM's upscaling) and are resized bilinearly to the
+  input size, as SAM's postprocessing does.
+* Deep supervision: with ``deep_supervision`` on, ``forward`` returns ``[logits_1, ..., logits_N]``,
+  all at full resolution (the trainer gives nnU-Net matching full-resolution targets and weights
+  1, 1/2, 1/4 ...); off, it returns ``logits_1`` only. The parameters are the same either way.
+* Input sizes that are not a multiple of 16 are zero-padded and the logits cropped back.
+* 5D input (3d_fullres patches, B x C x D x H x W) runs slice by slice (slices folded into the batch);
+  HSP-SAM itself is a 2D method.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
+from torch import nn
+
+from .common import Outputs, fold_depth, pad_to_multiple, padded_size, unfold_depth
+from .image_encoder import SAMImageEncoder, build_sam_neck
+from .lora import apply_lora
+from .mask_decoder import HierarchicalMaskDecoderBlock
+from .qa_prompts import QAPromptPairs
+from .registry import get_encoder_config
+
+
+class HSPSAM(nn.Module):
+    def __init__(
+        self,
+        *,
+        num_input_channels: int,
+        num_classes: int,
+        img_size: Sequence[int],
+        encoder: str = "vit_b",
+        num_prompts: Optional[int] = None,
+        lora_rank: int = 32,
+        lora_targets: Sequence[str] = ("qkv",),
+        qa_prompts: bool = True,
+        hierarchical: bool = True,
+        skip_connections: bool = True,
+        deep_supervision: bool = True,
+    ) -> None:
+        """
+        Args:
+            num_input_channels: image channels from nnU-Net.
+            num_classes: nnU-Net segmentation heads (``label_manager.num_segmentation_heads``).
+            img_size: patch size (H, W) of one slice; padded up to a multiple of 16 internally.
+            encoder: name in ``registry.ENCODERS`` (vit_b, vit_l, vit_h, vit_small, vit_tiny).
+            num_prompts: Q&A pairs per level (default: segmentation targets, ``num_classes - 1``, at least 1).
+            lora_rank / lora_targets: LoRA on every encoder block (rank 32, qkv in the paper's setup).
+            qa_prompts / hierarchical / skip_connections: the paper's ablation switches.
+            deep_supervision: return all levels' logits (list) instead of only level 1's.
+        """
+        super().__init__()
+        cfg = get_encoder_config(encoder)
+        self.encoder_name = encoder
+        self.patch_size = cfg.patch_size
+        self.num_classes = num_classes
+        self.hierarchical = hierarchical
+        self.skip_connections = skip_connections
+        self.deep_supervision = deep_supervision
+        self.encoder = SAMImageEncoder(
+            img_size=padded_size(img_size, cfg.patch_size), patch_size=cfg.patch_size, in_chans=num_input_channels,
+            embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, window_size=cfg.window_size,
+            global_attn_indexes=cfg.global_attn_indexes,
+        )
+        apply_lora(self.encoder.blocks, rank=lora_rank, targets=lora_targets)
+
+        self.num_levels = len(cfg.global_attn_indexes) if hierarchical else 1
+        self.num_prompts = num_prompts if num_prompts is not None else max(num_classes - 1, 1)
+        self.necks = nn.ModuleList(build_sam_neck(cfg.embed_dim, cfg.decoder_dim) for _ in range(self.num_levels))
+        self.prompts = nn.ModuleList(
+            QAPromptPairs(num_prompts=self.num_prompts, encoder_dim=cfg.embed_dim, decoder_dim=cfg.decoder_dim)
+            for _ in range(self.num_levels)
+        ) if qa_prompts else None
+        self.decoders = nn.ModuleList(
+            HierarchicalMaskDecoderBlock(transformer_dim=cfg.decoder_dim, num_mask_tokens=num_classes,
+                                         transformer_depth=cfg.decoder_depth,
+                                         transformer_mlp_dim=cfg.decoder_mlp_dim,
+                                         transformer_heads=cfg.decoder_heads)
+            for _ in range(self.num_levels)
+        )
+        # SAM's dense positional encoding (prompt_encoder.pe_layer in the checkpoints).
+        self.pe_layer = PositionEmbeddingRandom(cfg.decoder_dim // 2)
+
+    def _encoder_prompts(self, q: List[torch.Tensor]) -> Optional[List[Optional[torch.Tensor]]]:
+        """Q-prompts per encoder global block; blocks without a decoder level get none."""
+        if self.prompts is None:
+            return None
+        n_global = len(self.encoder.global_attn_indexes)
+        return [None] * (n_global - self.num_levels) + q
+
+    def decode(self, embeddings: List[torch.Tensor], answers: Optional[List[torch.Tensor]]
+               ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Eq. 2 over the levels.
+
+        Args:
+            embeddings: the ``num_levels`` deepest global-block outputs, each B x h x w x d_I,
+                shallowest first (embedding_1 .. embedding_N).
+            answers: A_1 .. A_N (each c x d_D) or None.
+        Returns:
+            (features output_1..output_N, each B x d_D x h x w; mask logits 1..N, each B x K x 4h x 4w).
+        """
+        n = self.num_levels
+        pe = self.pe_layer(tuple(embeddings[0].shape[1:3])).unsqueeze(0).to(embeddings[0].dtype)
+        features: List[Optional[torch.Tensor]] = [None] * n
+        masks: List[Optional[torch.Tensor]] = [None] * n
+        for i in reversed(range(n)):
+            x = self.necks[i](embeddings[i].permute(0, 3, 1, 2))
+            if i < n - 1:
+                x = x + features[i + 1]
+                if self.skip_connections:
+                    x = x + features[n - 1]
+            features[i], masks[i] = self.decoders[i](x, pe, answers[i] if answers is not None else None)
+        return features, masks
+
+    def forward(self, x: torch.Tensor) -> Outputs:
+        """x: B x C x H x W (2d) or B x C x D x H x W (3d, slice-wise).
+
+        Returns B x K x H(xD) x W logits, or a list of N such tensors (level 1 first) with deep supervision.
+        """
+        depth = None
+        if x.ndim == 5:
+            x, depth = fold_depth(x)
+        x, (H, W) = pad_to_multiple(x, self.patch_size)
+
+        q = a = None
+        if self.prompts is not None:
+            q, a = map(list, zip(*(p() for p in self.prompts)))
+        embeddings = self.encoder(x, self._encoder_prompts(q) if q is not None else None)
+        _, masks = self.decode(embeddings[-self.num_levels:], a)
+
+        keep = masks if self.deep_supervision else masks[:1]
+        out = []
+        for m in keep:
+            m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
+            out.append(unfold_depth(m, depth) if depth is not None else m)
+        return out if self.deep_supervision else out[0]
+
+    def sam_key_map(self, key: str) -> List[str]:
+        """Where a tensor of an official SAM checkpoint goes in this network (empty: not used).
+
+        The image encoder maps one to one; SAM's neck becomes the deepest level's neck; the mask
+        decoder's two-way transformer and upscaling initialise every level's decoder; the dense
+        positional encoding goes to ``pe_layer``. SAM's mask tokens, hypernetworks, IoU head and
+        point/box embeddings have no counterpart (class heads here are task-specific).
+        """
+        if key.startswith("image_encoder.neck."):
+            return [f"necks.{self.num_levels - 1}.{key[len('image_encoder.neck.'):]}"]
+        if key.startswith("image_encoder."):
+            return ["encoder." + key[len("image_encoder."):]]
+        if key == "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix":
+            return ["pe_layer.positional_encoding_gaussian_matrix"]
+        for part in ("transformer.", "output_upscaling."):
+            if key.startswith("mask_decoder." + part):
+                rest = key[len("mask_decoder."):]
+                return [f"decoders.{j}.{rest}" for j in range(self.num_levels)]
+        return []

@@ -1,0 +1,90 @@
+"""SAM plans: derive a plans file for SAM networks from nnU-Net's own plans of a dataset.
+
+nnU-Net plans its patch and batch sizes for a U-Net. A SAM encoder wants patches that are multiples
+of its 16-pixel patch size and a batch size that fits a ViT. A preset (JSON in the project's
+``plans/``) gives, per configuration, ``batch_size``, ``patch_size`` and a ``"sam_nnunet"`` block of
+network arguments (e.g. the encoder). The derived plans keep nnU-Net's data identifier, so they use
+the preprocessed data that ``nnUNetv2_plan_and_preprocess`` already wrote. This edits plans instead
+of subclassing a planner because nnU-Net only finds planners inside its own package.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+
+def presets_dir() -> Path:
+    """The installed ``plans/`` folder of the project (package ``sam_nnunet.plans_presets``)."""
+    from sam_nnunet import plans_presets
+
+    return Path(list(plans_presets.__path__)[0])
+
+
+def available_presets() -> List[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.json"))
+
+
+def load_preset(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = presets_dir() / f"{name_or_path}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"plans preset {name_or_path!r} not found; presets: {available_presets()} "
+                                f"(or give a path to a JSON file)")
+    return json.loads(path.read_text())
+
+
+def round_patch(patch: List[int], multiple: int = 16) -> List[int]:
+    """Round the in-plane (last two) axes down to a multiple (at least one multiple)."""
+    out = list(patch)
+    for i in (-2, -1):
+        out[i] = max(multiple, out[i] // multiple * multiple)
+    return out
+
+
+def derive_sam_plans(nnunet_plans: dict, preset: dict) -> dict:
+    """nnU-Net plans + preset -> SAM plans (a new dict; the input is not modified)."""
+    plans = copy.deepcopy(nnunet_plans)
+    plans["plans_name"] = preset["plans_name"]
+    for name, settings in preset["configurations"].items():
+        if name not in plans["configurations"]:
+            continue
+        conf = plans["configurations"][name]
+        patch = settings.get("patch_size", conf["patch_size"])
+        if len(patch) != len(conf["patch_size"]):
+            raise ValueError(f"preset patch_size {patch} for {name} has {len(patch)} axes; nnU-Net's has "
+                             f"{len(conf['patch_size'])}")
+        conf["patch_size"] = round_patch(patch)
+        conf["batch_size"] = int(settings.get("batch_size", conf["batch_size"]))
+        conf["sam_nnunet"] = dict(settings.get("sam_nnunet", {}))
+    return plans
+
+
+def write_sam_plans(dataset: str, preset: str, source_plans: str = "nnUNetPlans",
+                    preprocessed_root: Optional[str] = None) -> Path:
+    root = Path(preprocessed_root or os.environ.get("nnUNet_preprocessed", ""))
+    if not str(root) or not root.is_dir():
+        raise FileNotFoundError("nnUNet_preprocessed is not set or does not exist")
+    folder = _dataset_folder(root, dataset)
+    src = folder / f"{source_plans}.json"
+    if not src.is_file():
+        raise FileNotFoundError(f"{src} not found: run nnUNetv2_plan_and_preprocess for this dataset first")
+    plans = derive_sam_plans(json.loads(src.read_text()), load_preset(preset))
+    out = folder / f"{plans['plans_name']}.json"
+    if out.exists() and json.loads(out.read_text()) != plans:
+        raise FileExistsError(f"{out} exists with different content; not overwriting it (remove it first)")
+    out.write_text(json.dumps(plans, indent=4))
+    return out
+
+
+def _dataset_folder(root: Path, dataset: str) -> Path:
+    if dataset.isdigit():
+        matches = sorted(root.glob(f"Dataset{int(dataset):03d}_*"))
+        if len(matches) != 1:
+            raise FileNotFoundError(f"expected one Dataset{int(dataset):03d}_* folder in {root}, found {matches}")
+        return matches[0]
+    return root / dataset

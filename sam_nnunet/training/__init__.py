@@ -1,0 +1,1 @@
+"""nnU-Net trainer base shared by all SAM trainers."""

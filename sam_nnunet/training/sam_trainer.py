@@ -1,0 +1,251 @@
+"""The base of every SAM trainer: nnU-Net's ``nnUNetTrainer`` with what a SAM network needs.
+
+A concrete trainer (``trainers/HSPSAMTrainer.py``) names its network class and default network
+arguments; everything else lives here once:
+
+* Architecture from plans. On construction the trainer writes its network class and resolved
+  arguments (encoder, patch size, number of prompts, ablation switches) into the configuration's
+  ``architecture`` entry. nnU-Net saves those plans next to the checkpoints, so
+  ``nnUNetv2_predict`` rebuilds the same network through :meth:`build_network_architecture`.
+  Defaults come from the trainer; a ``"sam_nnunet"`` block in a plans configuration (written by
+  ``sam_nnunet plans``) overrides them, e.g. ``{"encoder": "vit_tiny"}``.
+* Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM) is loaded at
+  ``initialize``; the encoder is then frozen except LoRA (HSP-SAM). Without it the encoder is
+  randomly initialised and *trained*, and the log says so: a frozen random encoder is useless.
+* Optimiser: AdamW (lr 3e-4, weight decay 1e-2) with nnU-Net's poly decay. nnU-Net's SGD at lr 1e-2
+  is known to diverge for ViTs; the HSP-SAM paper does not state its optimiser. All parameters are
+  in the optimiser (frozen ones have no gradient and are skipped), so its state loads on ``--c``
+  whether or not the encoder is frozen.
+* Loss: nnU-Net's Dice + CE (or Dice + BCE for regions) weighted 0.8 / 0.2 (HSP-SAM Eq. 3).
+* Deep supervision: the network's N hierarchical outputs, all at full resolution, map onto nnU-Net's
+  deep-supervision list (scales all 1, weights 1, 1/2, 1/4 ... normalised; none zeroed because every
+  level is a real prediction). Output 0 (level 1) is what validation and inference use.
+* AMP on CUDA (nnU-Net's autocast + GradScaler). A non-finite loss is reported in the log; a network
+  with non-finite weights is never written to a checkpoint (the run stops with the last good one).
+* A finished or started fold is never silently overwritten: starting without ``--c`` where
+  checkpoints exist is an error.
+* CPU-sized runs: ``SAM_NNUNET_ITERATIONS_PER_EPOCH`` / ``SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH`` override
+  nnU-Net's 250 / 50 (logged); epochs come from the trainer name (``HSPSAMTrainer_5epochs`` ...).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pydoc import locate
+from typing import Dict, Optional, Type
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile, join
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, freeze_pretrained_encoder, load_sam_checkpoint
+
+ITERATIONS_ENV = "SAM_NNUNET_ITERATIONS_PER_EPOCH"
+VAL_ITERATIONS_ENV = "SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH"
+PLANS_OVERRIDE_KEY = "sam_nnunet"
+RUN_INFO_FILE = "sam_nnunet_run.json"
+
+
+def _positive_int_env(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class SAMTrainerBase(nnUNetTrainer):
+    #: dotted path of the network class built from the plans
+    network_class: str = ""
+    #: network arguments unless the plans' "sam_nnunet" block says otherwise
+    default_network_kwargs: Dict = {}
+    #: loss weights (HSP-SAM Eq. 3: alpha = 0.8)
+    dice_weight: float = 0.8
+    ce_weight: float = 0.2
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 3e-4
+        self.weight_decay = 1e-2
+        self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = _positive_int_env(VAL_ITERATIONS_ENV) or self.num_val_iterations_per_epoch
+        self.sam_checkpoint = os.environ.get(CHECKPOINT_ENV) or None
+        self._resumed = False
+        self._nonfinite_losses = 0
+        self._record_architecture()
+
+    # ------------------------------------------------------------------ architecture from plans
+    def _num_targets(self) -> int:
+        lm = self.label_manager
+        return len(lm.foreground_regions) if lm.has_regions else len(lm.foreground_labels)
+
+    def _record_architecture(self) -> None:
+        """Write this trainer's network into the (in-memory) plans that nnU-Net saves with the model."""
+        kwargs = self.network_kwargs(self.configuration_manager)
+        kwargs.setdefault("num_prompts", self._num_targets())
+        arch = {"network_class_name": self.network_class, "arch_kwargs": kwargs, "_kw_requires_import": []}
+        self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = arch
+        self.configuration_manager.configuration["architecture"] = arch
+
+    @classmethod
+    def network_kwargs(cls, configuration_manager: ConfigurationManager) -> dict:
+        """Network arguments for a configuration: recorded ones if the plans already name our network,
+        else trainer defaults + the configuration's "sam_nnunet" block + its patch size."""
+        conf = configuration_manager.configuration
+        arch = conf.get("architecture", {})
+        if arch.get("network_class_name") == cls.network_class:
+            return dict(arch["arch_kwargs"])
+        network_cls = cls._network_cls()
+        accepted = set(inspect.signature(network_cls.__init__).parameters)
+        overrides = conf.get(PLANS_OVERRIDE_KEY, {})
+        unknown = sorted(set(overrides) - accepted)
+        if unknown:
+            raise ValueError(f"plans '{PLANS_OVERRIDE_KEY}' block has arguments {unknown} that "
+                             f"{network_cls.__name__} does not take; it takes {sorted(accepted - {'self'})}")
+        kwargs = {**cls.default_network_kwargs, **overrides}
+        kwargs["img_size"] = [int(s) for s in configuration_manager.patch_size[-2:]]
+        return kwargs
+
+    @classmethod
+    def _network_cls(cls) -> Type[nn.Module]:
+        network_cls = locate(cls.network_class)
+        if network_cls is None:
+            raise ImportError(f"{cls.__name__}: cannot import network class {cls.network_class!r}")
+        return network_cls
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Same signature as nnU-Net >= 2.6 (also called by ``nnUNetv2_predict``)."""
+        return cls._network_cls()(num_input_channels=num_input_channels, num_classes=num_output_channels,
+                                  deep_supervision=enable_deep_supervision,
+                                  **cls.network_kwargs(configuration_manager))
+
+    def _network(self) -> nn.Module:
+        """The network without DDP / torch.compile wrappers."""
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    # ------------------------------------------------------------------ weights, optimiser, loss
+    def initialize(self):
+        if self.was_initialized:
+            return super().initialize()
+        super().initialize()
+        net = self._network()
+        if self.sam_checkpoint:
+            report = load_sam_checkpoint(net, self.sam_checkpoint)
+            self.print_to_log_file(report.format())
+            frozen, trainable = freeze_pretrained_encoder(net)
+            self.print_to_log_file(f"Image encoder frozen ({frozen:,} parameters); LoRA trained ({trainable:,}).")
+        else:
+            self.print_to_log_file(
+                f"No SAM checkpoint ({CHECKPOINT_ENV} is not set): the image encoder is randomly initialised "
+                f"and trained in full (nothing frozen). Set {CHECKPOINT_ENV}=/path/to/sam_vit_b_01ec64.pth "
+                f"to fine-tune pretrained SAM with LoRA.")
+        total = sum(p.numel() for p in net.parameters())
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        kwargs = self.configuration_manager.network_arch_init_kwargs
+        self.print_to_log_file(f"{type(net).__name__} ({kwargs}): {total:,} parameters, {trainable:,} trainable. "
+                               f"{self.num_iterations_per_epoch} train / {self.num_val_iterations_per_epoch} val "
+                               f"iterations per epoch, {self.num_epochs} epochs, AdamW lr {self.initial_lr}.")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return optimizer, lr_scheduler
+
+    def _build_loss(self):
+        lm = self.label_manager
+        if lm.has_regions:
+            loss = DC_and_BCE_loss({}, {"batch_dice": self.configuration_manager.batch_dice, "do_bg": True,
+                                        "smooth": 1e-5, "ddp": self.is_ddp},
+                                   weight_ce=self.ce_weight, weight_dice=self.dice_weight,
+                                   use_ignore_label=lm.ignore_label is not None,
+                                   dice_class=MemoryEfficientSoftDiceLoss)
+        else:
+            loss = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
+                                   "do_bg": False, "ddp": self.is_ddp}, {},
+                                  weight_ce=self.ce_weight, weight_dice=self.dice_weight,
+                                  ignore_label=lm.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+        if self.enable_deep_supervision:
+            n = len(self._get_deep_supervision_scales())
+            weights = np.array([1 / (2 ** i) for i in range(n)])
+            loss = DeepSupervisionWrapper(loss, weights / weights.sum())
+        return loss
+
+    def _get_deep_supervision_scales(self):
+        """All hierarchical outputs are full resolution: one scale of 1 per output."""
+        if not self.enable_deep_supervision:
+            return None
+        dim = len(self.configuration_manager.patch_size)
+        return [[1.0] * dim for _ in range(self._network().num_levels)]
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        self._network().deep_supervision = enabled
+
+    # ------------------------------------------------------------------ safety: NaN, overwrite, resume
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        if not np.isfinite(out["loss"]):
+            self._nonfinite_losses += 1
+            amp = " (AMP: the grad scaler skips this step)" if self.grad_scaler is not None else ""
+            self.print_to_log_file(f"WARNING: non-finite training loss {out['loss']} in epoch {self.current_epoch}"
+                                   f"{amp}; {self._nonfinite_losses} so far.")
+        return out
+
+    def save_checkpoint(self, filename: str) -> None:
+        bad = [n for n, p in self._network().named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            self.print_to_log_file(f"ERROR: network weights are not finite ({len(bad)} tensors, e.g. {bad[:3]}); "
+                                   f"not writing {filename}. The last good checkpoint is kept.")
+            raise RuntimeError(f"Training diverged: non-finite weights in {bad[:3]}. Lower the learning rate or "
+                               f"disable AMP; resume from the last good checkpoint with --c.")
+        super().save_checkpoint(filename)
+
+    def load_checkpoint(self, filename_or_checkpoint):
+        info_file = join(self.output_folder, RUN_INFO_FILE)
+        if isfile(info_file):
+            with open(info_file) as f:
+                before = json.load(f).get("sam_checkpoint")
+            if before != self.sam_checkpoint:
+                raise RuntimeError(f"This fold was trained with {CHECKPOINT_ENV}={before!r} but it is now "
+                                   f"{self.sam_checkpoint!r}. Set it as before to resume (it decides which weights "
+                                   f"are frozen).")
+        self._resumed = True
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def on_train_start(self):
+        existing = [f for f in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                    if isfile(join(self.output_folder, f))]
+        if existing and not self._resumed:
+            raise RuntimeError(f"{self.output_folder} already holds {existing}. Use --c to resume (or re-validate) "
+                               f"this fold; to train it from scratch, move that folder away first.")
+        super().on_train_start()
+        with open(join(self.output_folder, RUN_INFO_FILE), "w") as f:
+            json.dump({"sam_checkpoint": self.sam_checkpoint, "trainer": self.__class__.__name__}, f, indent=2)
+
+
+def with_num_epochs(base: Type[SAMTrainerBase], num_epochs: int) -> Type[SAMTrainerBase]:
+    """``base`` with another epoch count, named like nnU-Net's ``nnUNetTrainer_5epochs``."""
+    suffix = "1epoch" if num_epochs == 1 else f"{num_epochs}epochs"
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        base.__init__(self, plans, configuration, fold, dataset_json, device)
+        self.num_epochs = num_epochs
+
+    return type(f"{base.__name__}_{suffix}", (base,),
+                {"__init__": __init__, "__module__": base.__module__,
+                 "__doc__": f"{base.__name__} trained for {num_epochs} epoch(s)."})

@@ -1,0 +1,29 @@
+from setuptools import setup
+
+setup(
+    name="sam_nnunet",
+    version="0.1.0",
+    description="SAM-based segmentation networks (HSP-SAM, Self-Prompt-SAM, ...) as nnU-Net v2 trainers",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["sam_nnunet", "sam_nnunet.modeling", "sam_nnunet.training", "sam_nnunet.datasets",
+              "sam_nnunet.trainers", "sam_nnunet.plans_presets"],
+    # the project's top-level trainers/ and plans/ folders install inside the package
+    package_dir={"sam_nnunet.trainers": "trainers", "sam_nnunet.plans_presets": "plans"},
+    package_data={"sam_nnunet.plans_presets": ["*.json"]},
+    install_requires=[
+        "torch>=2.1",
+        # build_network_architecture(plans_manager, configuration_manager, ...) and nnUNet_extTrainer
+        # lookup as used here: tested with 2.8.1 (2.6+ changed that signature)
+        "nnunetv2>=2.8.1,<2.9",
+        "batchgenerators>=0.25",
+        "SimpleITK",
+        "nibabel",
+        "segment-anything==1.0",
+        "numpy",
+        "scipy",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},
+)

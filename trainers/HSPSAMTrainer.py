@@ -1,0 +1,44 @@
+"""nnU-Net trainers for HSP-SAM (see ``sam_nnunet.modeling.hsp_sam`` for the network).
+
+``nnUNetv2_train DATASET 2d FOLD -tr HSPSAMTrainer`` once ``nnUNet_extTrainer`` points at this folder
+(``eval "$(sam_nnunet env)"``). Variants:
+
+* ``HSPSAMTrainer_{1epoch,5epochs,10epochs,20epochs,50epochs,100epochs,250epochs}``: shorter schedules;
+* ``HSPSAMTrainer_noDS``: loss on the final output only, exactly the paper's Eq. 3;
+* ``HSPSAMTrainer_noQA`` / ``_noHierarchy`` / ``_noSkip``: the paper's ablations (Table 5).
+"""
+from sam_nnunet.training.sam_trainer import SAMTrainerBase, with_num_epochs
+
+
+class HSPSAMTrainer(SAMTrainerBase):
+    network_class = "sam_nnunet.modeling.hsp_sam.HSPSAM"
+    default_network_kwargs = {"encoder": "vit_b", "lora_rank": 32, "qa_prompts": True, "hierarchical": True,
+                              "skip_connections": True}
+
+
+class HSPSAMTrainer_noDS(HSPSAMTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enable_deep_supervision = False
+
+
+class HSPSAMTrainer_noQA(HSPSAMTrainer):
+    default_network_kwargs = {**HSPSAMTrainer.default_network_kwargs, "qa_prompts": False}
+
+
+class HSPSAMTrainer_noHierarchy(HSPSAMTrainer):
+    default_network_kwargs = {**HSPSAMTrainer.default_network_kwargs, "hierarchical": False,
+                              "skip_connections": False}
+
+
+class HSPSAMTrainer_noSkip(HSPSAMTrainer):
+    default_network_kwargs = {**HSPSAMTrainer.default_network_kwargs, "skip_connections": False}
+
+
+HSPSAMTrainer_1epoch = with_num_epochs(HSPSAMTrainer, 1)
+HSPSAMTrainer_5epochs = with_num_epochs(HSPSAMTrainer, 5)
+HSPSAMTrainer_10epochs = with_num_epochs(HSPSAMTrainer, 10)
+HSPSAMTrainer_20epochs = with_num_epochs(HSPSAMTrainer, 20)
+HSPSAMTrainer_50epochs = with_num_epochs(HSPSAMTrainer, 50)
+HSPSAMTrainer_100epochs = with_num_epochs(HSPSAMTrainer, 100)
+HSPSAMTrainer_250epochs = with_num_epochs(HSPSAMTrainer, 250)
