@@ -53,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env = dict(os.environ, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(out / "nnUNet_preprocessed"),
                nnUNet_results=str(out / "nnUNet_results"), nnUNet_extTrainer=trainers_folder(),
                nnUNet_n_proc_DA=str(args.processes), nnUNet_compile="false",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH=str(args.iterations),
+               SAM_NNUNET_ITERATIONS_PER_EPOCH=str(args.iterations), SAM_NNUNET_SEED=str(args.seed),
                SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=str(max(1, args.iterations // 5)))
     d = str(args.dataset_id)
     trainer = f"HSPSAMTrainer_{args.epochs}epochs" if args.epochs != 1 else "HSPSAMTrainer_1epoch"
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--epochs", type=int, default=10, choices=[1, 5, 10, 20, 50, 100, 250])
     dm.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     dm.add_argument("--processes", type=int, default=2)
+    dm.add_argument("--seed", type=int, default=0)
     dm.set_defaults(func=cmd_demo)
     return p
 

@@ -78,6 +78,7 @@ class HSPSAM(nn.Module):
         super().__init__()
         cfg = get_encoder_config(encoder)
         self.encoder_name = encoder
+        self.num_input_channels = num_input_channels
         self.patch_size = cfg.patch_size
         self.num_classes = num_classes
         self.hierarchical = hierarchical
@@ -143,6 +144,9 @@ class HSPSAM(nn.Module):
 
         Returns B x K x H(xD) x W logits, or a list of N such tensors (level 1 first) with deep supervision.
         """
+        if x.shape[1] != self.num_input_channels:
+            raise ValueError(f"HSPSAM was built for {self.num_input_channels} input channel(s) (the dataset's "
+                             f"channel_names) but got an image with {x.shape[1]}: {tuple(x.shape)}")
         depth = None
         if x.ndim == 5:
             x, depth = fold_depth(x)

@@ -24,6 +24,8 @@ arguments; everything else lives here once:
   with non-finite weights is never written to a checkpoint (the run stops with the last good one).
 * A finished or started fold is never silently overwritten: starting without ``--c`` where
   checkpoints exist is an error.
+* ``SAM_NNUNET_SEED`` seeds Python, NumPy and torch before the network is built (augmentation
+  workers keep their own RNGs, so runs are repeatable in initialisation, not bit for bit).
 * CPU-sized runs: ``SAM_NNUNET_ITERATIONS_PER_EPOCH`` / ``SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH`` override
   nnU-Net's 250 / 50 (logged); epochs come from the trainer name (``HSPSAMTrainer_5epochs`` ...).
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import random
 from pydoc import locate
 from typing import Dict, Optional, Type
 
@@ -49,6 +52,7 @@ from torch._dynamo import OptimizedModule
 
 from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, freeze_pretrained_encoder, load_sam_checkpoint
 
+SEED_ENV = "SAM_NNUNET_SEED"
 ITERATIONS_ENV = "SAM_NNUNET_ITERATIONS_PER_EPOCH"
 VAL_ITERATIONS_ENV = "SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH"
 PLANS_OVERRIDE_KEY = "sam_nnunet"
@@ -75,7 +79,15 @@ class SAMTrainerBase(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        seed = os.environ.get(SEED_ENV)
+        if seed not in (None, ""):
+            # network initialisation and the main process' sampling; augmentation workers keep their own RNGs
+            random.seed(int(seed))
+            np.random.seed(int(seed))
+            torch.manual_seed(int(seed))
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if seed not in (None, ""):
+            self.print_to_log_file(f"{SEED_ENV}={seed}")
         self.initial_lr = 3e-4
         self.weight_decay = 1e-2
         self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
