@@ -45,17 +45,98 @@ def acdc_crop(tmp_path_factory) -> Path:
     return crop_acdc(tmp_path_factory.mktemp("acdc_src") / "ACDC", 6)
 
 
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch):
-    """nnU-Net folders under tmp_path, exported for in-process code and subprocesses."""
+def _export(monkeypatch, paths):
     from sam_nnunet import trainers_folder
 
-    env = {"nnUNet_raw": tmp_path / "raw", "nnUNet_preprocessed": tmp_path / "preprocessed",
-           "nnUNet_results": tmp_path / "results"}
-    for k, v in env.items():
-        v.mkdir()
+    for k, v in paths.items():
         monkeypatch.setenv(k, str(v))
     monkeypatch.setenv("nnUNet_extTrainer", trainers_folder())
     monkeypatch.setenv("nnUNet_n_proc_DA", "1")
     monkeypatch.setenv("nnUNet_compile", "false")
-    return env
+    for var in ("SAM_NNUNET_CHECKPOINT", "SAM_NNUNET_ITERATIONS_PER_EPOCH", "SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """Empty nnU-Net folders under tmp_path, exported for in-process code and subprocesses."""
+    paths = {"nnUNet_raw": tmp_path / "raw", "nnUNet_preprocessed": tmp_path / "preprocessed",
+             "nnUNet_results": tmp_path / "results"}
+    for v in paths.values():
+        v.mkdir()
+    _export(monkeypatch, paths)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def acdc_preprocessed(acdc_crop, tmp_path_factory):
+    """The ACDC crop converted (1 patient held out), planned and preprocessed (2d), with SAM cpu plans.
+
+    Session-wide: tests must not modify raw/preprocessed; each gets its own results folder.
+    """
+    import subprocess
+
+    from sam_nnunet import trainers_folder
+
+    root = tmp_path_factory.mktemp("nnunet")
+    paths = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "preprocessed"}
+    env = dict(os.environ, **{k: str(v) for k, v in paths.items()}, nnUNet_results=str(root / "unused"),
+               nnUNet_extTrainer=trainers_folder(), nnUNet_n_proc_DA="1")
+    for cmd in (["sam_nnunet", "convert-acdc", "-i", str(acdc_crop), "-d", "27", "--holdout", "1"],
+                ["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", "1"],
+                ["sam_nnunet", "plans", "-d", "27", "--preset", "cpu_tiny"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return paths
+
+
+@pytest.fixture
+def acdc_env(acdc_preprocessed, tmp_path, monkeypatch):
+    """The preprocessed ACDC crop with a fresh nnUNet_results folder, exported."""
+    paths = dict(acdc_preprocessed, nnUNet_results=tmp_path / "results")
+    paths["nnUNet_results"].mkdir()
+    _export(monkeypatch, paths)
+    return paths
+
+
+# ---------------------------------------------------------------- SAM checkpoints in the official key layout
+def _official_sam(img_size=128, embed_dim=48, depth=4):
+    """A SAM model and its state dict with the official key names (image_encoder., prompt_encoder., mask_decoder.).
+
+    Built with segment-anything's own classes at a small ViT size (the decoder is SAM's real 256-wide
+    one), since pretrained weights cannot be downloaded here.
+    """
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+    from torch import nn
+
+    torch.manual_seed(0)
+    sam = nn.Module()
+    sam.image_encoder = ImageEncoderViT(img_size=img_size, patch_size=16, embed_dim=embed_dim, depth=depth,
+                                        num_heads=4, global_attn_indexes=(1, 3), window_size=4, use_rel_pos=True,
+                                        out_chans=256, qkv_bias=True)
+    sam.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(img_size // 16,) * 2,
+                                       input_image_size=(img_size, img_size), mask_in_chans=16)
+    sam.mask_decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3,
+                                   transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048,
+                                                                 num_heads=8))
+    for name, p in sam.named_parameters():  # SAM zero-initialises these; make them informative
+        if "pos" in name:
+            nn.init.normal_(p, std=0.1)
+    return sam, sam.state_dict()
+
+
+@pytest.fixture
+def official_sam():
+    """Factory: official_sam(img_size=128, embed_dim=48, depth=4) -> (sam module, state dict)."""
+    return _official_sam
+
+
+@pytest.fixture
+def small_encoder(monkeypatch):
+    """Registers 'vit_test': the ViT size of official_sam() with SAM's 256-wide decoder."""
+    from sam_nnunet.modeling import registry
+
+    monkeypatch.setitem(registry.ENCODERS, "vit_test", registry.EncoderConfig(
+        embed_dim=48, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=4, pretrained=False))
+    return "vit_test"

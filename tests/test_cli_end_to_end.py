@@ -22,18 +22,11 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def prepared(acdc_crop, nnunet_env):
+def test_train_resume_predict_through_nnunet_cli(acdc_env):
+    """convert + nnUNetv2_plan_and_preprocess + sam_nnunet plans ran in the acdc_preprocessed fixture."""
+    paths = acdc_env
     env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0")
-    run(["sam_nnunet", "convert-acdc", "-i", str(acdc_crop), "-d", "27", "--holdout", "1"], env)
-    run(["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", "1"], env)
-    run(["sam_nnunet", "plans", "-d", "27", "--preset", "cpu_tiny"], env)
-    return env, nnunet_env
-
-
-def test_train_resume_predict_through_nnunet_cli(prepared):
-    env, paths = prepared
     raw = paths["nnUNet_raw"] / "Dataset027_ACDC"
     trainer = "HSPSAMTrainer_1epoch"
     common = ["-tr", trainer, "-p", "nnUNetPlans_SAMcpu", "-device", "cpu"]
@@ -69,6 +62,13 @@ def test_train_resume_predict_through_nnunet_cli(prepared):
     assert len(inputs) == 2
     before = {p: sha(p) for p in inputs}
     pred = paths["nnUNet_results"].parent / "pred"
+    corrupt_in = paths["nnUNet_results"].parent / "corrupt_in"
+    corrupt_in.mkdir()
+    (corrupt_in / "case_0000.nii.gz").write_bytes(b"not a nifti file")
+    bad = run(["nnUNetv2_predict", "-i", str(corrupt_in), "-o", str(pred) + "_bad", "-d", "27", "-c", "2d",
+               "-f", "0", *common, "-npp", "1", "-nps", "1"], env, ok=False)
+    assert bad.returncode != 0 and "case_0000.nii.gz" in bad.stdout + bad.stderr
+
     run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", "27", "-c", "2d",
          "-f", "0", "all", *common, "-npp", "1", "-nps", "1"], env)
     for image in inputs:

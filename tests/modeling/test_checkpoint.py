@@ -5,38 +5,9 @@ own classes (ImageEncoderViT, PromptEncoder, MaskDecoder) and saved as ``sam_vit
 """
 import pytest
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
-from torch import nn
 
-from sam_nnunet.modeling import registry
 from sam_nnunet.modeling.checkpoint import CheckpointError, load_sam_checkpoint, read_sam_state_dict
 from sam_nnunet.modeling.hsp_sam import HSPSAM
-
-SMALL = registry.EncoderConfig(embed_dim=48, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=4,
-                               pretrained=False)  # SAM's real 256-wide decoder
-
-
-@pytest.fixture
-def small_encoder(monkeypatch):
-    monkeypatch.setitem(registry.ENCODERS, "vit_test", SMALL)
-    return "vit_test"
-
-
-def official_state_dict(img_size=128, embed_dim=48, depth=4):
-    """A SAM model's state dict with the official key names (image_encoder., prompt_encoder., mask_decoder.)."""
-    torch.manual_seed(0)
-    sam = nn.Module()
-    sam.image_encoder = ImageEncoderViT(img_size=img_size, patch_size=16, embed_dim=embed_dim, depth=depth,
-                                        num_heads=4, global_attn_indexes=(1, 3), window_size=4, use_rel_pos=True,
-                                        out_chans=256, qkv_bias=True)
-    sam.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(img_size // 16,) * 2,
-                                       input_image_size=(img_size, img_size), mask_in_chans=16)
-    sam.mask_decoder = MaskDecoder(transformer_dim=256, num_multimask_outputs=3,
-                                   transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8))
-    for name, p in sam.named_parameters():  # SAM zero-initialises these; make them informative
-        if "pos" in name:
-            nn.init.normal_(p, std=0.1)
-    return sam, sam.state_dict()
 
 
 def save(sd, path):
@@ -44,8 +15,8 @@ def save(sd, path):
     return path
 
 
-def test_round_trip_reproduces_sam_image_encoder(tmp_path, small_encoder):
-    sam, sd = official_state_dict()
+def test_round_trip_reproduces_sam_image_encoder(official_sam, tmp_path, small_encoder):
+    sam, sd = official_sam()
     path = save(sd, tmp_path / "sam_vit_test.pth")
     net = HSPSAM(num_input_channels=3, num_classes=2, img_size=(128, 128), encoder=small_encoder, qa_prompts=False)
     report = load_sam_checkpoint(net, path)
@@ -68,8 +39,8 @@ def test_round_trip_reproduces_sam_image_encoder(tmp_path, small_encoder):
     assert "lora_A" in report.format()
 
 
-def test_other_patch_size_and_single_channel_are_adapted(tmp_path, small_encoder):
-    _, sd = official_state_dict(img_size=128)
+def test_other_patch_size_and_single_channel_are_adapted(official_sam, tmp_path, small_encoder):
+    _, sd = official_sam(img_size=128)
     path = save(sd, tmp_path / "sam.pth")
     net = HSPSAM(num_input_channels=1, num_classes=4, img_size=(64, 96), encoder=small_encoder)
     report = load_sam_checkpoint(net, path)
@@ -82,8 +53,8 @@ def test_other_patch_size_and_single_channel_are_adapted(tmp_path, small_encoder
     assert net(torch.randn(1, 1, 64, 96))[0].shape == (1, 4, 64, 96)
 
 
-def test_medsam_style_wrapped_checkpoint_loads(tmp_path, small_encoder):
-    _, sd = official_state_dict()
+def test_medsam_style_wrapped_checkpoint_loads(official_sam, tmp_path, small_encoder):
+    _, sd = official_sam()
     wrapped = {"model": {"module." + k: v for k, v in sd.items()}, "epoch": 3}
     path = save(wrapped, tmp_path / "medsam_vit_test.pth")
     assert set(read_sam_state_dict(path)) == set(sd)
@@ -96,8 +67,8 @@ def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
         read_sam_state_dict(tmp_path / "nope.pth")
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, small_encoder):
-    _, sd = official_state_dict()
+def test_corrupt_checkpoint_is_a_clear_error(official_sam, tmp_path, small_encoder):
+    _, sd = official_sam()
     full = save(sd, tmp_path / "full.pth").read_bytes()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(full[: len(full) // 2])
@@ -115,8 +86,8 @@ def test_foreign_layout_is_a_clear_error(tmp_path):
         read_sam_state_dict(path)
 
 
-def test_wrong_vit_size_is_an_error_not_a_partial_load(tmp_path):
-    _, sd = official_state_dict(embed_dim=64)  # a checkpoint for another width
+def test_wrong_vit_size_is_an_error_not_a_partial_load(official_sam, tmp_path):
+    _, sd = official_sam(embed_dim=64)  # a checkpoint for another width
     path = save(sd, tmp_path / "sam.pth")
     net = HSPSAM(num_input_channels=1, num_classes=2, img_size=(64, 64), encoder="vit_tiny")
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -1,0 +1,148 @@
+"""SAMTrainerBase / HSPSAMTrainer in process, on the preprocessed ACDC crop."""
+import copy
+import inspect
+import json
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.run.run_training import get_trainer_from_args
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+from sam_nnunet.modeling.checkpoint import CheckpointError
+from sam_nnunet.training.sam_trainer import SAMTrainerBase
+
+CPU = torch.device("cpu")
+
+
+def trainer_names():
+    import importlib.util
+
+    from sam_nnunet import trainers_folder
+
+    spec = importlib.util.spec_from_file_location("_hsp", f"{trainers_folder()}/HSPSAMTrainer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return sorted(n for n, c in vars(mod).items() if inspect.isclass(c) and issubclass(c, SAMTrainerBase)
+                  and c is not SAMTrainerBase)
+
+
+def test_nnunet_finds_every_trainer_by_name_and_none_clashes(acdc_env):
+    names = trainer_names()
+    assert {"HSPSAMTrainer", "HSPSAMTrainer_1epoch", "HSPSAMTrainer_5epochs", "HSPSAMTrainer_noDS"} <= set(names)
+    for name in names:
+        cls = recursive_find_trainer_class_by_name(name)
+        assert cls.__name__ == name and issubclass(cls, SAMTrainerBase), name  # not one of nnU-Net's own
+
+
+def test_trainer_module_does_not_import_networks(tmp_path):
+    """A broken network module cannot hide the trainers: networks are imported only when built."""
+    import subprocess
+    import sys
+
+    from sam_nnunet import trainers_folder
+
+    code = (f"import sys; sys.path.insert(0, {trainers_folder()!r}); import HSPSAMTrainer; "
+            "print('sam_nnunet.modeling.hsp_sam' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_epoch_variants_set_epochs(acdc_env):
+    t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_5epochs", "nnUNetPlans_SAMcpu", device=CPU)
+    assert t.num_epochs == 5 and t.__class__.__name__ == "HSPSAMTrainer_5epochs"
+
+
+def test_stock_nnunet_plans_get_default_vit_b_at_the_plans_patch_size(acdc_env):
+    t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer", "nnUNetPlans", device=CPU)
+    arch = t.plans_manager.plans["configurations"]["2d"]["architecture"]
+    assert arch["network_class_name"] == "sam_nnunet.modeling.hsp_sam.HSPSAM"
+    assert arch["arch_kwargs"]["encoder"] == "vit_b"
+    assert arch["arch_kwargs"]["img_size"] == list(t.configuration_manager.patch_size)
+    assert arch["arch_kwargs"]["num_prompts"] == 3  # RV, MLV, LVC
+    assert t.configuration_manager.network_arch_class_name == arch["network_class_name"]
+
+
+def test_deep_supervision_mapping_loss_and_predictor_rebuild(acdc_env, monkeypatch):
+    monkeypatch.setenv("SAM_NNUNET_ITERATIONS_PER_EPOCH", "7")
+    t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_1epoch", "nnUNetPlans_SAMcpu", device=CPU)
+    t.initialize()
+    assert t.num_iterations_per_epoch == 7
+    net = t.network
+    assert net.num_levels == 2  # vit_tiny has 2 global-attention blocks
+    assert t._get_deep_supervision_scales() == [[1.0, 1.0], [1.0, 1.0]]
+    assert isinstance(t.loss, DeepSupervisionWrapper)
+    assert [round(w, 4) for w in t.loss.weight_factors] == [0.6667, 0.3333]
+    assert (t.loss.loss.weight_dice, t.loss.loss.weight_ce) == (0.8, 0.2)
+    assert isinstance(t.optimizer, torch.optim.AdamW)
+
+    x = torch.randn(2, 1, 128, 128)
+    target = [torch.randint(0, 4, (2, 1, 128, 128)).float() for _ in range(2)]
+    loss = t.loss(net(x), target)
+    assert torch.isfinite(loss)
+
+    # what nnUNetv2_predict does: rebuild from the plans the trainer saved, without deep supervision
+    rebuilt = type(t).build_network_architecture(t.plans_manager, t.configuration_manager, 1, 4,
+                                                 enable_deep_supervision=False)
+    rebuilt.load_state_dict(net.state_dict())
+    t.set_deep_supervision_enabled(False)
+    net.eval(), rebuilt.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), net(x))
+
+
+def test_no_checkpoint_trains_whole_encoder_and_says_so(acdc_env):
+    t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_1epoch", "nnUNetPlans_SAMcpu", device=CPU)
+    t.initialize()
+    assert all(p.requires_grad for p in t.network.parameters())
+    assert "image encoder is randomly initialised and trained in full" in open(t.log_file).read()
+
+
+def _plans_with(acdc_env, encoder):
+    folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    plans = load_json(str(folder / "nnUNetPlans_SAMcpu.json"))
+    plans = copy.deepcopy(plans)
+    plans["configurations"]["2d"]["sam_nnunet"] = {"encoder": encoder}
+    plans["continue_training"] = False  # nnU-Net 2.8 passes --c through the plans dict
+    return plans, load_json(str(folder / "dataset.json"))
+
+
+def test_sam_checkpoint_is_loaded_and_encoder_frozen_except_lora(acdc_env, monkeypatch, tmp_path, official_sam,
+                                                                 small_encoder):
+    _, sd = official_sam()
+    path = tmp_path / "sam_vit_test.pth"
+    torch.save(sd, path)
+    monkeypatch.setenv("SAM_NNUNET_CHECKPOINT", str(path))
+    plans, dataset_json = _plans_with(acdc_env, small_encoder)
+    cls = recursive_find_trainer_class_by_name("HSPSAMTrainer_1epoch")
+    t = cls(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json, device=CPU)
+    t.initialize()
+    enc = dict(t.network.encoder.named_parameters())
+    assert all(p.requires_grad == ("lora_" in n) for n, p in enc.items())
+    torch.testing.assert_close(enc["blocks.2.attn.qkv.weight"], sd["image_encoder.blocks.2.attn.qkv.weight"])
+    assert all(p.requires_grad for n, p in t.network.named_parameters() if not n.startswith("encoder."))
+    log = open(t.log_file).read()
+    assert f"SAM checkpoint {path}" in log and "encoder.blocks.0.attn.qkv.lora_A" in log
+
+
+@pytest.mark.parametrize("content, message", [(None, "not found"), (b"garbage", "corrupt, truncated")])
+def test_bad_checkpoint_stops_the_run(acdc_env, monkeypatch, tmp_path, content, message):
+    path = tmp_path / "sam.pth"
+    if content is not None:
+        path.write_bytes(content)
+    monkeypatch.setenv("SAM_NNUNET_CHECKPOINT", str(path))
+    t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_1epoch", "nnUNetPlans_SAMcpu", device=CPU)
+    with pytest.raises(CheckpointError, match=message):
+        t.initialize()
+
+
+def test_non_finite_weights_are_never_saved(acdc_env, tmp_path):
+    t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_1epoch", "nnUNetPlans_SAMcpu", device=CPU)
+    t.initialize()
+    with torch.no_grad():
+        t.network.decoders[0].mask_tokens.weight[0, 0] = float("nan")
+    target = tmp_path / "checkpoint_latest.pth"
+    with pytest.raises(RuntimeError, match="non-finite"):
+        t.save_checkpoint(str(target))
+    assert not target.exists()
