@@ -7,6 +7,8 @@
 * ``HSPSAMTrainer_noDS``: loss on the final output only, exactly the paper's Eq. 3;
 * ``HSPSAMTrainer_noQA`` / ``_noHierarchy`` / ``_noSkip``: the paper's ablations (Table 5).
 """
+import numpy as np
+
 from sam_nnunet.training.sam_trainer import SAMTrainerBase, with_num_epochs
 
 
@@ -17,9 +19,11 @@ class HSPSAMTrainer(SAMTrainerBase):
 
 
 class HSPSAMTrainer_noDS(HSPSAMTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.enable_deep_supervision = False
+    """Loss on level 1 only (the paper's Eq. 3). The deeper levels still run (they feed level 1) but
+    get weight 0, so the network and its outputs stay those of HSPSAMTrainer."""
+
+    def deep_supervision_weights(self, num_outputs: int) -> np.ndarray:
+        return np.eye(num_outputs)[0]
 
 
 class HSPSAMTrainer_noQA(HSPSAMTrainer):

@@ -115,16 +115,18 @@ class HSPSAM(nn.Module):
         n_global = len(self.encoder.global_attn_indexes)
         return [None] * (n_global - self.num_levels) + q
 
-    def decode(self, embeddings: List[torch.Tensor], answers: Optional[List[torch.Tensor]]
-               ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def decode(self, embeddings: List[torch.Tensor], answers: Optional[List[torch.Tensor]],
+               all_masks: bool = True) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
         """Eq. 2 over the levels.
 
         Args:
             embeddings: the ``num_levels`` deepest global-block outputs, each B x h x w x d_I,
                 shallowest first (embedding_1 .. embedding_N).
             answers: A_1 .. A_N (each c x d_D) or None.
+            all_masks: mask logits for every level (deep supervision); False: level 1 only.
         Returns:
-            (features output_1..output_N, each B x d_D x h x w; mask logits 1..N, each B x K x 4h x 4w).
+            (features output_1..output_N, each B x d_D x h x w; mask logits 1..N, each B x K x 4h x 4w,
+            None for levels not asked for).
         """
         n = self.num_levels
         pe = self.pe_layer(tuple(embeddings[0].shape[1:3])).unsqueeze(0).to(embeddings[0].dtype)
@@ -136,7 +138,8 @@ class HSPSAM(nn.Module):
                 x = x + features[i + 1]
                 if self.skip_connections:
                     x = x + features[n - 1]
-            features[i], masks[i] = self.decoders[i](x, pe, answers[i] if answers is not None else None)
+            features[i], masks[i] = self.decoders[i](x, pe, answers[i] if answers is not None else None,
+                                                     predict_masks=all_masks or i == 0)
         return features, masks
 
     def forward(self, x: torch.Tensor) -> Outputs:
@@ -156,11 +159,10 @@ class HSPSAM(nn.Module):
         if self.prompts is not None:
             q, a = map(list, zip(*(p() for p in self.prompts)))
         embeddings = self.encoder(x, self._encoder_prompts(q) if q is not None else None)
-        _, masks = self.decode(embeddings[-self.num_levels:], a)
+        _, masks = self.decode(embeddings[-self.num_levels:], a, all_masks=self.deep_supervision)
 
-        keep = masks if self.deep_supervision else masks[:1]
         out = []
-        for m in keep:
+        for m in masks if self.deep_supervision else masks[:1]:
             m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
             out.append(unfold_depth(m, depth) if depth is not None else m)
         return out if self.deep_supervision else out[0]

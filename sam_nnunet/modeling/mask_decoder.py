@@ -78,14 +78,16 @@ class HierarchicalMaskDecoderBlock(nn.Module):
                                                hidden_dim=transformer_dim, output_dim=transformer_dim // 8)
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                prompt_tokens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                prompt_tokens: Optional[torch.Tensor] = None, predict_masks: bool = True
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
             image_embedding: B x D x h x w.
             image_pe: 1 x D x h x w dense positional encoding.
             prompt_tokens: c x D A-prompts of this level, or None.
+            predict_masks: False skips the mask head (a level whose masks nobody uses).
         Returns:
-            (output_j: B x D x h x w, mask logits: B x K x 4h x 4w).
+            (output_j: B x D x h x w, mask logits: B x K x 4h x 4w, or None).
         """
         B, D, h, w = image_embedding.shape
         tokens = self.mask_tokens.weight
@@ -94,6 +96,8 @@ class HierarchicalMaskDecoderBlock(nn.Module):
         tokens = tokens.unsqueeze(0).expand(B, -1, -1)
         hs, src = self.transformer(image_embedding, image_pe, tokens)
         features = src.transpose(1, 2).reshape(B, D, h, w)
+        if not predict_masks:
+            return features, None
         upscaled = self.output_upscaling(features)
         hyper_in = self.output_hypernetworks(hs[:, : self.num_mask_tokens])
         masks = (hyper_in @ upscaled.flatten(2)).view(B, self.num_mask_tokens, *upscaled.shape[2:])

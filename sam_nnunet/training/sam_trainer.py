@@ -192,10 +192,16 @@ class SAMTrainerBase(nnUNetTrainer):
                                   weight_ce=self.ce_weight, weight_dice=self.dice_weight,
                                   ignore_label=lm.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
         if self.enable_deep_supervision:
-            n = len(self._get_deep_supervision_scales())
-            weights = np.array([1 / (2 ** i) for i in range(n)])
+            weights = self.deep_supervision_weights(len(self._get_deep_supervision_scales()))
+            if self.is_ddp:
+                # DDP fails on parameters that get no gradient; nnU-Net's own fix is a tiny weight
+                weights = np.where(weights == 0, 1e-6, weights)
             loss = DeepSupervisionWrapper(loss, weights / weights.sum())
         return loss
+
+    def deep_supervision_weights(self, num_outputs: int) -> np.ndarray:
+        """Loss weight per hierarchical output, level 1 (the prediction) first: 1, 1/2, 1/4, ..."""
+        return np.array([1 / (2 ** i) for i in range(num_outputs)])
 
     def _get_deep_supervision_scales(self):
         """All hierarchical outputs are full resolution: one scale of 1 per output."""

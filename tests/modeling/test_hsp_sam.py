@@ -40,7 +40,7 @@ class _RecordingDecoder(nn.Module):
         self.output = output
         self.seen = None
 
-    def forward(self, x, pe, prompts):
+    def forward(self, x, pe, prompts, predict_masks=True):
         self.seen = x
         return self.output, torch.zeros(x.shape[0], 1, 4, 4)
 
@@ -126,3 +126,12 @@ def test_wrong_channel_count_is_a_clear_error():
 def test_unknown_encoder_name_lists_choices():
     with pytest.raises(ValueError, match="vit_b"):
         tiny(encoder="vit_giant")
+
+
+def test_without_deep_supervision_only_level_one_mask_head_runs():
+    net = tiny(deep_supervision=False)
+    calls = []
+    for j, dec in enumerate(net.decoders):
+        dec.output_upscaling.register_forward_hook(lambda m, i, o, j=j: calls.append(j))
+    net(torch.randn(1, 1, 64, 48))
+    assert calls == [0]

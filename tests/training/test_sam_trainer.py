@@ -146,3 +146,9 @@ def test_non_finite_weights_are_never_saved(acdc_env, tmp_path):
     with pytest.raises(RuntimeError, match="non-finite"):
         t.save_checkpoint(str(target))
     assert not target.exists()
+
+
+def test_no_ds_variant_puts_all_loss_on_level_one(acdc_env):
+    t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_noDS", "nnUNetPlans_SAMcpu", device=CPU)
+    t.initialize()
+    assert list(t.loss.weight_factors) == [1.0, 0.0]
