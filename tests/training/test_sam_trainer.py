@@ -152,3 +152,21 @@ def test_no_ds_variant_puts_all_loss_on_level_one(acdc_env):
     t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_noDS", "nnUNetPlans_SAMcpu", device=CPU)
     t.initialize()
     assert list(t.loss.weight_factors) == [1.0, 0.0]
+
+
+def test_region_based_datasets_get_sigmoid_outputs_and_one_prompt_per_region(acdc_env):
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+
+    folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    plans = load_json(str(folder / "nnUNetPlans_SAMcpu.json"))
+    plans["continue_training"] = False
+    dataset_json = load_json(str(folder / "dataset.json"))
+    dataset_json["labels"] = {"background": 0, "heart": [1, 2, 3], "LV": [3]}
+    dataset_json["regions_class_order"] = [1, 3]
+    cls = recursive_find_trainer_class_by_name("HSPSAMTrainer_1epoch")
+    t = cls(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json, device=CPU)
+    t.initialize()
+    assert t.configuration_manager.network_arch_init_kwargs["num_prompts"] == 2
+    assert t.network.num_classes == 2 and t.network.prompts[0].num_prompts == 2
+    assert isinstance(t.loss.loss, DC_and_BCE_loss)
+    assert (t.loss.loss.weight_dice, t.loss.loss.weight_ce) == (0.8, 0.2)

@@ -1,0 +1,28 @@
+import subprocess
+import sys
+from pathlib import Path
+
+
+def sam_nnunet(*args):
+    return subprocess.run([sys.executable, "-m", "sam_nnunet.cli", *args], capture_output=True, text=True)
+
+
+def test_env_exports_the_trainers_folder(tmp_path):
+    out = sam_nnunet("env", "--root", str(tmp_path))
+    assert out.returncode == 0
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.splitlines())
+    assert (Path(exports["nnUNet_extTrainer"]) / "HSPSAMTrainer.py").is_file()
+    assert exports["nnUNet_results"] == str(tmp_path.resolve() / "nnUNet_results")
+
+
+def test_demo_refuses_a_non_empty_output_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("results")
+    out = sam_nnunet("demo", "--out", str(tmp_path))
+    assert out.returncode == 2 and "not empty" in out.stderr
+    assert (tmp_path / "keep.txt").read_text() == "results"
+
+
+def test_convert_errors_are_one_clear_line(tmp_path, nnunet_env):
+    out = sam_nnunet("convert-acdc", "-i", str(tmp_path / "missing"))
+    assert out.returncode == 2
+    assert "official ACDC layout" in out.stderr and "Traceback" not in out.stderr
