@@ -119,12 +119,14 @@ class SAMTrainerBase(nnUNetTrainer):
         if arch.get("network_class_name") == cls.network_class:
             return dict(arch["arch_kwargs"])
         network_cls = cls._network_cls()
-        accepted = set(inspect.signature(network_cls.__init__).parameters)
+        # what nnU-Net decides (channels, outputs, deep supervision) is not for the plans to override
+        accepted = set(inspect.signature(network_cls.__init__).parameters) - {
+            "self", "num_input_channels", "num_classes", "deep_supervision"}
         overrides = conf.get(PLANS_OVERRIDE_KEY, {})
         unknown = sorted(set(overrides) - accepted)
         if unknown:
             raise ValueError(f"plans '{PLANS_OVERRIDE_KEY}' block has arguments {unknown} that "
-                             f"{network_cls.__name__} does not take; it takes {sorted(accepted - {'self'})}")
+                             f"{network_cls.__name__} does not take from plans; it takes {sorted(accepted)}")
         kwargs = {**cls.default_network_kwargs, **overrides}
         kwargs["img_size"] = [int(s) for s in configuration_manager.patch_size[-2:]]
         return kwargs

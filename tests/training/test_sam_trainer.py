@@ -170,3 +170,11 @@ def test_region_based_datasets_get_sigmoid_outputs_and_one_prompt_per_region(acd
     assert t.network.num_classes == 2 and t.network.prompts[0].num_prompts == 2
     assert isinstance(t.loss.loss, DC_and_BCE_loss)
     assert (t.loss.loss.weight_dice, t.loss.loss.weight_ce) == (0.8, 0.2)
+
+
+def test_unknown_plans_override_is_a_clear_error(acdc_env):
+    plans, dataset_json = _plans_with(acdc_env, "vit_tiny")
+    plans["configurations"]["2d"]["sam_nnunet"]["num_classes"] = 9
+    cls = recursive_find_trainer_class_by_name("HSPSAMTrainer_1epoch")
+    with pytest.raises(ValueError, match=r"\['num_classes'\].*lora_rank"):
+        cls(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json, device=CPU)
