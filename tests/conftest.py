@@ -140,3 +140,22 @@ def small_encoder(monkeypatch):
     monkeypatch.setitem(registry.ENCODERS, "vit_test", registry.EncoderConfig(
         embed_dim=48, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=4, pretrained=False))
     return "vit_test"
+
+
+@pytest.fixture(scope="session")
+def trained_model(acdc_preprocessed, tmp_path_factory):
+    """HSPSAMTrainer_1epoch (2 iterations) trained on fold 0 of the ACDC crop: its trained-model folder."""
+    import subprocess
+
+    from sam_nnunet import trainers_folder
+
+    results = tmp_path_factory.mktemp("trained")
+    env = dict(os.environ, **{k: str(v) for k, v in acdc_preprocessed.items()}, nnUNet_results=str(results),
+               nnUNet_extTrainer=trainers_folder(), nnUNet_n_proc_DA="1", nnUNet_compile="false",
+               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_SEED="0")
+    env.pop("SAM_NNUNET_CHECKPOINT", None)
+    cmd = ["nnUNetv2_train", "27", "2d", "0", "-tr", "HSPSAMTrainer_1epoch", "-p", "nnUNetPlans_SAMcpu",
+           "-device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return results / "Dataset027_ACDC" / "HSPSAMTrainer_1epoch__nnUNetPlans_SAMcpu__2d", env

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build the challenge-submission image from a trained model.
+#
+#   docker/build.sh -d 27 -c 2d -tr HSPSAMTrainer -p nnUNetPlans_SAMvitb -f "0 1 2 3 4" -t sam_nnunet_acdc:1
+#
+# Options: -d dataset, -c configuration, -tr trainer, -p plans, -f folds (quoted list), -t image tag,
+#          --engine docker|podman (default: docker if found, else podman),
+#          --context-only DIR (assemble the build context in DIR and stop; no container engine needed).
+# Needs nnUNet_results set (as for nnUNetv2_predict).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(dirname "$here")"
+dataset="" config="" trainer="HSPSAMTrainer" plans="nnUNetPlans" folds="0 1 2 3 4" tag="sam_nnunet:latest"
+engine="" context_only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -d) dataset="$2"; shift 2 ;;
+    -c) config="$2"; shift 2 ;;
+    -tr) trainer="$2"; shift 2 ;;
+    -p) plans="$2"; shift 2 ;;
+    -f) folds="$2"; shift 2 ;;
+    -t) tag="$2"; shift 2 ;;
+    --engine) engine="$2"; shift 2 ;;
+    --context-only) context_only="$2"; shift 2 ;;
+    *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$dataset" ] && [ -n "$config" ] || { echo "give -d DATASET and -c CONFIGURATION" >&2; exit 2; }
+
+if [ -n "$context_only" ]; then
+  ctx="$context_only"
+  [ ! -e "$ctx" ] || [ -z "$(ls -A "$ctx")" ] || { echo "$ctx is not empty" >&2; exit 2; }
+  mkdir -p "$ctx"
+else
+  ctx="$(mktemp -d)"
+  trap 'rm -rf "$ctx"' EXIT
+fi
+
+mkdir -p "$ctx/src" "$ctx/model"
+# the project as committed (what CI tests), not whatever else lies in the working tree
+for part in setup.py README.md sam_nnunet trainers plans; do cp -r "$repo/$part" "$ctx/src/"; done
+find "$ctx/src" -name __pycache__ -prune -exec rm -rf {} +
+# shellcheck disable=SC2086  # folds is a list
+nnUNetv2_export_model_to_zip -d "$dataset" -o "$ctx/model.zip" -c "$config" -tr "$trainer" -p "$plans" -f $folds
+python -m zipfile -e "$ctx/model.zip" "$ctx/model/"
+rm "$ctx/model.zip"
+cp "$here/Dockerfile" "$ctx/Dockerfile"
+echo "build context: $ctx"
+[ -z "$context_only" ] || exit 0
+
+if [ -z "$engine" ]; then
+  if command -v docker >/dev/null 2>&1; then engine=docker; else engine=podman; fi
+fi
+"$engine" build -t "$tag" "$ctx"
+echo "built $tag. Run it with:"
+echo "  $engine run --rm --gpus all --network none -v \$PWD/input:/input:ro -v \$PWD/output:/output $tag"
