@@ -4,14 +4,16 @@
 #   docker/build.sh -d 27 -c 2d -tr HSPSAMTrainer -p nnUNetPlans_SAMvitb -f "0 1 2 3 4" -t sam_nnunet_acdc:1
 #
 # Options: -d dataset, -c configuration, -tr trainer, -p plans, -f folds (quoted list), -t image tag,
-#          --engine docker|podman (default: docker if found, else podman),
+#          --engine docker|podman|buildah (default: docker if found, else podman; buildah builds
+#          with chroot isolation, which works where a sandbox forbids container runtimes),
+#          --base IMAGE (base image with Python and torch; default: the Dockerfile's pytorch/pytorch),
 #          --context-only DIR (assemble the build context in DIR and stop; no container engine needed).
 # Needs nnUNet_results set (as for nnUNetv2_predict).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 dataset="" config="" trainer="HSPSAMTrainer" plans="nnUNetPlans" folds="0 1 2 3 4" tag="sam_nnunet:latest"
-engine="" context_only=""
+engine="" context_only="" base=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -d) dataset="$2"; shift 2 ;;
@@ -21,6 +23,7 @@ while [ $# -gt 0 ]; do
     -f) folds="$2"; shift 2 ;;
     -t) tag="$2"; shift 2 ;;
     --engine) engine="$2"; shift 2 ;;
+    --base) base="$2"; shift 2 ;;
     --context-only) context_only="$2"; shift 2 ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -51,6 +54,14 @@ echo "build context: $ctx"
 if [ -z "$engine" ]; then
   if command -v docker >/dev/null 2>&1; then engine=docker; else engine=podman; fi
 fi
-"$engine" build -t "$tag" "$ctx"
+build_args=()
+[ -z "$base" ] || build_args+=(--build-arg "BASE_IMAGE=$base")
+if [ "$engine" = buildah ]; then
+  buildah bud --isolation chroot "${build_args[@]}" -t "$tag" "$ctx"
+else
+  "$engine" build "${build_args[@]}" -t "$tag" "$ctx"
+fi
+runner="$engine"
+[ "$engine" != buildah ] || runner=podman
 echo "built $tag. Run it with:"
-echo "  $engine run --rm --gpus all --network none -v \$PWD/input:/input:ro -v \$PWD/output:/output $tag"
+echo "  $runner run --rm --gpus all --network none -v \$PWD/input:/input:ro -v \$PWD/output:/output $tag"
