@@ -1,0 +1,36 @@
+"""The benchmark harness in --quick mode: report structure and finite, positive numbers (not speeds)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "benchmark.py"
+
+
+def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_path):
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_NNUNET_")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick",
+                           "--nnunet-raw", str(acdc_preprocessed["nnUNet_raw"]),
+                           "--nnunet-preprocessed", str(acdc_preprocessed["nnUNet_preprocessed"]),
+                           "--processes", "1"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    rows = result["trainers"]
+    assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "HSPSAMTrainer"]
+    assert result["meta"]["seed"] == 0 and "fold 0" in result["meta"]["split"]
+    for r in rows:
+        for key in ("step_s_median", "step_s_q1", "step_s_q3", "infer_s_per_volume", "train_peak_rss_mb",
+                    "infer_peak_rss_mb", "params_total", "params_trainable", "budget_steps"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["trainer"], key, r[key])
+        assert r["step_s_q1"] <= r["step_s_median"] <= r["step_s_q3"]
+        assert r["params_trainable"] <= r["params_total"]
+        assert set(r["dice"]) == {"1", "2", "3"} and all(0 <= d <= 1 for d in r["dice"].values())
+        assert r["patch_size"] == [128, 128] and r["batch_size"] == 8  # same patch and batch for all
+    assert rows[0]["val_cases"] == rows[1]["val_cases"]  # same validation cases
+    table = (out / "results.md").read_text()
+    assert "| HSPSAMTrainer |" in table and "x)" in table  # ratio against nnUNetTrainer
+    png = (out / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
