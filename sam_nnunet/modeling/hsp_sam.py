@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
+from .checkpoint import LoadReport, freeze_pretrained_encoder
 from .common import Outputs, fold_depth, pad_to_multiple, padded_size, unfold_depth
 from .image_encoder import SAMImageEncoder, build_sam_neck
 from .lora import apply_lora
@@ -166,6 +167,14 @@ class HSPSAM(nn.Module):
             m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
             out.append(unfold_depth(m, depth) if depth is not None else m)
         return out if self.deep_supervision else out[0]
+
+    def deep_supervision_scales(self, ndim: int) -> List[List[float]]:
+        """nnU-Net target scale per output: every level's logits are full resolution."""
+        return [[1.0] * ndim for _ in range(self.num_levels)]
+
+    def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
+        """Freeze the image encoder except LoRA (the paper's setup). Returns (frozen, trainable) encoder counts."""
+        return freeze_pretrained_encoder(self)
 
     def sam_key_map(self, key: str) -> List[str]:
         """Where a tensor of an official SAM checkpoint goes in this network (empty: not used).

@@ -19,7 +19,7 @@ differs from ``segment_anything.modeling.ImageEncoderViT``:
 from __future__ import annotations
 
 from functools import partial
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ class PromptableBlock(Block):
     image tokens attend to. Relative position bias applies between image tokens only; pairs that
     involve a prompt token get none (prompts have no position).
     """
+
+    def __init__(self, *, index: int = 0, **block_kwargs) -> None:
+        """index: position in the encoder (unused here); block_kwargs: segment-anything ``Block``'s."""
+        super().__init__(**block_kwargs)
 
     def forward(self, x: torch.Tensor, prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: B x H x W x C; prompts: c x C or None -> B x H x W x C."""
@@ -108,6 +112,8 @@ class SAMImageEncoder(nn.Module):
         window_size: int = 14,
         global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
         use_rel_pos: bool = True,
+        out_indexes: Optional[Sequence[int]] = None,
+        block_factory: Callable[..., Block] = PromptableBlock,
     ) -> None:
         """
         Args:
@@ -118,6 +124,9 @@ class SAMImageEncoder(nn.Module):
             window_size: window of the local-attention blocks (14 in SAM).
             global_attn_indexes: blocks with global attention; their outputs are returned.
             use_rel_pos: decomposed relative position bias in attention (True in SAM).
+            out_indexes: blocks whose outputs ``forward`` returns (default: the global blocks).
+            block_factory: builds block i from segment-anything ``Block`` arguments (plus ``index=i``);
+                subclasses of ``Block`` with extra parts (adapters) keep the official parameter names.
         """
         super().__init__()
         if img_size[0] % patch_size or img_size[1] % patch_size:
@@ -127,6 +136,7 @@ class SAMImageEncoder(nn.Module):
         self.patch_size = patch_size
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.global_attn_indexes = tuple(sorted(global_attn_indexes))
+        self.out_indexes = tuple(sorted(out_indexes)) if out_indexes is not None else self.global_attn_indexes
         self.patch_embed = PatchEmbed(kernel_size=(patch_size, patch_size), stride=(patch_size, patch_size),
                                       in_chans=in_chans, embed_dim=embed_dim)
         # Zero-initialised in SAM because weights always come from a checkpoint; without one the
@@ -134,7 +144,8 @@ class SAMImageEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, *self.grid_size, embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(
-            PromptableBlock(
+            block_factory(
+                index=i,
                 dim=embed_dim,
                 num_heads=num_heads,
                 mlp_ratio=mlp_ratio,
@@ -157,18 +168,26 @@ class SAMImageEncoder(nn.Module):
                 ) -> List[torch.Tensor]:
         """x: B x in_chans x H x W; prompts: one (c x embed_dim or None) per global block.
 
-        Returns the outputs of the global-attention blocks, each B x H/16 x W/16 x embed_dim.
+        Returns the outputs of the blocks in ``out_indexes``, each B x H/16 x W/16 x embed_dim.
         """
         if prompts is not None and len(prompts) != len(self.global_attn_indexes):
             raise ValueError(f"expected {len(self.global_attn_indexes)} prompt sets, got {len(prompts)}")
+        return self.run_blocks(self.embed(x), prompts)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + absolute position: B x in_chans x H x W -> B x H/16 x W/16 x embed_dim."""
         x = self.patch_embed(x)
-        x = x + resize_pos_embed(self.pos_embed, tuple(x.shape[1:3]))
+        return x + resize_pos_embed(self.pos_embed, tuple(x.shape[1:3]))
+
+    def run_blocks(self, x: torch.Tensor, prompts: Optional[Sequence[Optional[torch.Tensor]]] = None
+                   ) -> List[torch.Tensor]:
+        """The transformer blocks on embedded tokens; returns the ``out_indexes`` outputs."""
         outputs: List[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            if i in self.global_attn_indexes:
-                level = len(outputs)
-                x = block(x, prompts[level] if prompts is not None else None)
-                outputs.append(x)
+            if prompts is not None and i in self.global_attn_indexes:
+                x = block(x, prompts[self.global_attn_indexes.index(i)])
             else:
                 x = block(x)
+            if i in self.out_indexes:
+                outputs.append(x)
         return outputs

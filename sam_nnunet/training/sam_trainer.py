@@ -10,16 +10,18 @@ arguments; everything else lives here once:
   Defaults come from the trainer; a ``"sam_nnunet"`` block in a plans configuration (written by
   ``sam_nnunet plans``) overrides them, e.g. ``{"encoder": "vit_tiny"}``.
 * Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM) is loaded at
-  ``initialize``; the encoder is then frozen except LoRA (HSP-SAM). Without it the encoder is
-  randomly initialised and *trained*, and the log says so: a frozen random encoder is useless.
-* Optimiser: AdamW (lr 3e-4, weight decay 1e-2) with nnU-Net's poly decay. nnU-Net's SGD at lr 1e-2
-  is known to diverge for ViTs; the HSP-SAM paper does not state its optimiser. All parameters are
-  in the optimiser (frozen ones have no gradient and are skipped), so its state loads on ``--c``
-  whether or not the encoder is frozen.
-* Loss: nnU-Net's Dice + CE (or Dice + BCE for regions) weighted 0.8 / 0.2 (HSP-SAM Eq. 3).
-* Deep supervision: the network's N hierarchical outputs, all at full resolution, map onto nnU-Net's
-  deep-supervision list (scales all 1, weights 1, 1/2, 1/4 ... normalised; none zeroed because every
-  level is a real prediction). Output 0 (level 1) is what validation and inference use.
+  ``initialize``; the network's ``freeze_pretrained`` then freezes what its paper freezes (HSP-SAM:
+  the encoder except LoRA; Self-Prompt-SAM: every SAM weight). Without it the encoder is randomly
+  initialised and *trained*, and the log says so: a frozen random encoder is useless.
+* Optimiser: ``optimizer_name`` / ``base_learning_rate`` / ``base_weight_decay``; default AdamW (lr
+  3e-4, weight decay 1e-2) with nnU-Net's poly decay, since nnU-Net's SGD at lr 1e-2 is known to
+  diverge for ViTs trained in full; a trainer whose paper states SGD (Self-Prompt-SAM) says so. All
+  parameters are in the optimiser (frozen ones have no gradient and are skipped), so its state loads
+  on ``--c`` whether or not the encoder is frozen.
+* Loss: nnU-Net's Dice + CE (or Dice + BCE for regions), weighted ``dice_weight`` / ``ce_weight``.
+* Deep supervision: the network reports the target scale of each of its outputs
+  (``deep_supervision_scales``) and the trainer the loss weight of each (``deep_supervision_weights``);
+  output 0 is what validation and inference use.
 * AMP on CUDA (nnU-Net's autocast + GradScaler). A non-finite loss is reported in the log; a network
   with non-finite weights is never written to a checkpoint (the run stops with the last good one).
 * A finished or started fold is never silently overwritten: starting without ``--c`` where
@@ -50,7 +52,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, freeze_pretrained_encoder, load_sam_checkpoint
+from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, load_sam_checkpoint
 
 SEED_ENV = "SAM_NNUNET_SEED"
 ITERATIONS_ENV = "SAM_NNUNET_ITERATIONS_PER_EPOCH"
@@ -76,6 +78,10 @@ class SAMTrainerBase(nnUNetTrainer):
     #: loss weights (HSP-SAM Eq. 3: alpha = 0.8)
     dice_weight: float = 0.8
     ce_weight: float = 0.2
+    #: "AdamW" (ViT-friendly default) or "SGD" (nnU-Net's: momentum 0.99, Nesterov), both with poly decay
+    optimizer_name: str = "AdamW"
+    base_learning_rate: float = 3e-4
+    base_weight_decay: float = 1e-2
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -88,8 +94,8 @@ class SAMTrainerBase(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if seed not in (None, ""):
             self.print_to_log_file(f"{SEED_ENV}={seed}")
-        self.initial_lr = 3e-4
-        self.weight_decay = 1e-2
+        self.initial_lr = self.base_learning_rate
+        self.weight_decay = self.base_weight_decay
         self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = _positive_int_env(VAL_ITERATIONS_ENV) or self.num_val_iterations_per_epoch
         self.sam_checkpoint = os.environ.get(CHECKPOINT_ENV) or None
@@ -120,15 +126,19 @@ class SAMTrainerBase(nnUNetTrainer):
             return dict(arch["arch_kwargs"])
         network_cls = cls._network_cls()
         # what nnU-Net decides (channels, outputs, deep supervision) is not for the plans to override
-        accepted = set(inspect.signature(network_cls.__init__).parameters) - {
-            "self", "num_input_channels", "num_classes", "deep_supervision"}
+        signature = set(inspect.signature(network_cls.__init__).parameters)
+        accepted = signature - {"self", "num_input_channels", "num_classes", "deep_supervision", "img_size",
+                                "patch_depth"}
         overrides = conf.get(PLANS_OVERRIDE_KEY, {})
         unknown = sorted(set(overrides) - accepted)
         if unknown:
             raise ValueError(f"plans '{PLANS_OVERRIDE_KEY}' block has arguments {unknown} that "
                              f"{network_cls.__name__} does not take from plans; it takes {sorted(accepted)}")
         kwargs = {**cls.default_network_kwargs, **overrides}
-        kwargs["img_size"] = [int(s) for s in configuration_manager.patch_size[-2:]]
+        patch = [int(s) for s in configuration_manager.patch_size]
+        kwargs["img_size"] = patch[-2:]
+        if "patch_depth" in signature:
+            kwargs["patch_depth"] = patch[0] if len(patch) == 3 else 1
         return kwargs
 
     @classmethod
@@ -161,8 +171,9 @@ class SAMTrainerBase(nnUNetTrainer):
         if self.sam_checkpoint:
             report = load_sam_checkpoint(net, self.sam_checkpoint)
             self.print_to_log_file(report.format())
-            frozen, trainable = freeze_pretrained_encoder(net)
-            self.print_to_log_file(f"Image encoder frozen ({frozen:,} parameters); LoRA trained ({trainable:,}).")
+            frozen, trainable = net.freeze_pretrained(report)
+            self.print_to_log_file(f"{type(net).__name__}.freeze_pretrained: {frozen:,} pretrained parameters frozen, "
+                                   f"{trainable:,} trained.")
         else:
             self.print_to_log_file(
                 f"No SAM checkpoint ({CHECKPOINT_ENV} is not set): the image encoder is randomly initialised "
@@ -173,9 +184,14 @@ class SAMTrainerBase(nnUNetTrainer):
         kwargs = self.configuration_manager.network_arch_init_kwargs
         self.print_to_log_file(f"{type(net).__name__} ({kwargs}): {total:,} parameters, {trainable:,} trainable. "
                                f"{self.num_iterations_per_epoch} train / {self.num_val_iterations_per_epoch} val "
-                               f"iterations per epoch, {self.num_epochs} epochs, AdamW lr {self.initial_lr}.")
+                               f"iterations per epoch, {self.num_epochs} epochs, {self.optimizer_name} lr {self.initial_lr}, "
+                               f"weight decay {self.weight_decay}.")
 
     def configure_optimizers(self):
+        if self.optimizer_name == "SGD":
+            return super().configure_optimizers()
+        if self.optimizer_name != "AdamW":
+            raise ValueError(f"{type(self).__name__}.optimizer_name must be 'AdamW' or 'SGD', not {self.optimizer_name!r}")
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
         return optimizer, lr_scheduler
@@ -198,19 +214,18 @@ class SAMTrainerBase(nnUNetTrainer):
             if self.is_ddp:
                 # DDP fails on parameters that get no gradient; nnU-Net's own fix is a tiny weight
                 weights = np.where(weights == 0, 1e-6, weights)
-            loss = DeepSupervisionWrapper(loss, weights / weights.sum())
+            loss = DeepSupervisionWrapper(loss, weights)
         return loss
 
     def deep_supervision_weights(self, num_outputs: int) -> np.ndarray:
-        """Loss weight per hierarchical output, level 1 (the prediction) first: 1, 1/2, 1/4, ..."""
-        return np.array([1 / (2 ** i) for i in range(num_outputs)])
+        """Loss weight per network output, the prediction first (trainers say what the paper says)."""
+        raise NotImplementedError
 
     def _get_deep_supervision_scales(self):
-        """All hierarchical outputs are full resolution: one scale of 1 per output."""
+        """The target scale of each network output, as the network reports it."""
         if not self.enable_deep_supervision:
             return None
-        dim = len(self.configuration_manager.patch_size)
-        return [[1.0] * dim for _ in range(self._network().num_levels)]
+        return self._network().deep_supervision_scales(len(self.configuration_manager.patch_size))
 
     def set_deep_supervision_enabled(self, enabled: bool):
         self._network().deep_supervision = enabled
