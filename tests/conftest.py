@@ -70,7 +70,7 @@ def nnunet_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def acdc_preprocessed(acdc_crop, tmp_path_factory):
-    """The ACDC crop converted (1 patient held out), planned and preprocessed (2d), with SAM cpu plans.
+    """The ACDC crop converted (1 patient held out), planned and preprocessed (2d, 3d_fullres), with SAM cpu plans.
 
     Session-wide: tests must not modify raw/preprocessed; each gets its own results folder.
     """
@@ -83,7 +83,7 @@ def acdc_preprocessed(acdc_crop, tmp_path_factory):
     env = dict(os.environ, **{k: str(v) for k, v in paths.items()}, nnUNet_results=str(root / "unused"),
                nnUNet_extTrainer=trainers_folder(), nnUNet_n_proc_DA="1")
     for cmd in (["sam_nnunet", "convert-acdc", "-i", str(acdc_crop), "-d", "27", "--holdout", "1"],
-                ["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", "1"],
+                ["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "3d_fullres", "-np", "1"],
                 ["sam_nnunet", "plans", "-d", "27", "--preset", "cpu_tiny"]):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"

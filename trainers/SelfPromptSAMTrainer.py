@@ -70,8 +70,8 @@ class SelfPromptSAMTrainer(SAMTrainerBase):
         self.loss = self._build_loss()
         self._network().use_sam_decoder = not warmup or self.is_ddp
         if warmup:
-            self.print_to_log_file(f"Warm-up (epochs 0-{self.warmup_epochs - 1}): only the MSPGenerator's deep-"
-                                   f"supervision loss trains; validation scores the auxiliary mask.")
+            self.print_to_log_file(f"Warm-up ({self.warmup_epochs} of {self.num_epochs} epochs): only the MSPGenerator's "
+                                   f"deep-supervision loss trains; validation scores the auxiliary mask.")
         else:
             self.print_to_log_file(f"Epoch {self.current_epoch}: full loss (MC-Adapter output + MSPGenerator deep "
                                    f"supervision).")

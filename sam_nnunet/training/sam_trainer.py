@@ -30,6 +30,9 @@ arguments; everything else lives here once:
   workers keep their own RNGs, so runs are repeatable in initialisation, not bit for bit).
 * CPU-sized runs: ``SAM_NNUNET_ITERATIONS_PER_EPOCH`` / ``SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH`` override
   nnU-Net's 250 / 50 (logged); epochs come from the trainer name (``HSPSAMTrainer_5epochs`` ...).
+  ``SAM_NNUNET_SAVE_EVERY`` overrides how often ``checkpoint_latest.pth`` is written (nnU-Net: every 50
+  epochs, i.e. never in a 20-epoch run). Checkpoints are written to a temporary name and renamed, so
+  a run killed while saving resumes from its previous checkpoint.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, load_sam_checkpoint
 SEED_ENV = "SAM_NNUNET_SEED"
 ITERATIONS_ENV = "SAM_NNUNET_ITERATIONS_PER_EPOCH"
 VAL_ITERATIONS_ENV = "SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH"
+SAVE_EVERY_ENV = "SAM_NNUNET_SAVE_EVERY"
 PLANS_OVERRIDE_KEY = "sam_nnunet"
 RUN_INFO_FILE = "sam_nnunet_run.json"
 
@@ -98,6 +102,7 @@ class SAMTrainerBase(nnUNetTrainer):
         self.weight_decay = self.base_weight_decay
         self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = _positive_int_env(VAL_ITERATIONS_ENV) or self.num_val_iterations_per_epoch
+        self.save_every = _positive_int_env(SAVE_EVERY_ENV) or self.save_every
         self.sam_checkpoint = os.environ.get(CHECKPOINT_ENV) or None
         self._resumed = False
         self._nonfinite_losses = 0
@@ -111,7 +116,8 @@ class SAMTrainerBase(nnUNetTrainer):
     def _record_architecture(self) -> None:
         """Write this trainer's network into the (in-memory) plans that nnU-Net saves with the model."""
         kwargs = self.network_kwargs(self.configuration_manager)
-        kwargs.setdefault("num_prompts", self._num_targets())
+        if "num_prompts" in inspect.signature(self._network_cls().__init__).parameters:
+            kwargs.setdefault("num_prompts", self._num_targets())
         arch = {"network_class_name": self.network_class, "arch_kwargs": kwargs, "_kw_requires_import": []}
         self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = arch
         self.configuration_manager.configuration["architecture"] = arch
@@ -247,7 +253,11 @@ class SAMTrainerBase(nnUNetTrainer):
                                    f"not writing {filename}. The last good checkpoint is kept.")
             raise RuntimeError(f"Training diverged: non-finite weights in {bad[:3]}. Lower the learning rate or "
                                f"disable AMP; resume from the last good checkpoint with --c.")
-        super().save_checkpoint(filename)
+        # write next to the target and rename: a run killed while saving keeps its previous checkpoint
+        partial = filename + ".partial"
+        super().save_checkpoint(partial)
+        if os.path.isfile(partial):
+            os.replace(partial, filename)
 
     def load_checkpoint(self, filename_or_checkpoint):
         info_file = join(self.output_folder, RUN_INFO_FILE)
