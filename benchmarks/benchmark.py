@@ -1,9 +1,9 @@
 """SAM trainers against nnUNetTrainer, side by side, in one process, on the same data and split.
 
-    python benchmarks/benchmark.py --out runs/bench              # default: ~25 min on 2 CPU cores
+    python benchmarks/benchmark.py --out runs/bench              # default: ~40 min on 2 CPU cores
     python benchmarks/benchmark.py --out runs/bench_quick --quick # seconds of training, for the test
 
-For every trainer (default ``nnUNetTrainer`` and ``HSPSAMTrainer``), built by nnU-Net's own
+For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer`` and ``SelfPromptSAMTrainer``), built by nnU-Net's own
 ``get_trainer_from_args`` on the same plans (``nnUNetPlans_SAMcpu``: 2d, patch 128 x 128, batch 8)
 and fold 0 of the same patient-grouped split, it measures, one trainer after the other so the
 machine's noise hits all alike:
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--acdc", default=str(REPO.parent / "shared" / "data" / "ACDC"))
     p.add_argument("--nnunet-raw")
     p.add_argument("--nnunet-preprocessed")
-    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer"])
+    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"])
     p.add_argument("--patients", type=int, default=30)
     p.add_argument("--budget-min", type=float, default=10.0, help="training wall-clock budget per trainer")
     p.add_argument("--steps", type=int, default=20)

@@ -9,7 +9,7 @@
 """
 import numpy as np
 
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, with_num_epochs
+from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants
 
 
 class HSPSAMTrainer(SAMTrainerBase):
@@ -44,10 +44,5 @@ class HSPSAMTrainer_noSkip(HSPSAMTrainer):
     default_network_kwargs = {**HSPSAMTrainer.default_network_kwargs, "skip_connections": False}
 
 
-HSPSAMTrainer_1epoch = with_num_epochs(HSPSAMTrainer, 1)
-HSPSAMTrainer_5epochs = with_num_epochs(HSPSAMTrainer, 5)
-HSPSAMTrainer_10epochs = with_num_epochs(HSPSAMTrainer, 10)
-HSPSAMTrainer_20epochs = with_num_epochs(HSPSAMTrainer, 20)
-HSPSAMTrainer_50epochs = with_num_epochs(HSPSAMTrainer, 50)
-HSPSAMTrainer_100epochs = with_num_epochs(HSPSAMTrainer, 100)
-HSPSAMTrainer_250epochs = with_num_epochs(HSPSAMTrainer, 250)
+# HSPSAMTrainer_1epoch, _5epochs, _10epochs, _20epochs, _50epochs, _100epochs, _250epochs
+globals().update(epoch_variants(HSPSAMTrainer))

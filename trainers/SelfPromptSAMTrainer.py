@@ -26,7 +26,7 @@ with the same switches in a plans' ``"sam_nnunet"`` block (``prompt_generator``,
 import numpy as np
 import torch
 
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, with_num_epochs
+from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_num_epochs
 
 
 class SelfPromptSAMTrainer(SAMTrainerBase):
@@ -109,12 +109,7 @@ SelfPromptSAMTrainer_S7 = _ablation("SelfPromptSAMTrainer_S7", adapter="dfused",
                                     mc_adapter=False)
 SelfPromptSAMTrainer_S8 = _ablation("SelfPromptSAMTrainer_S8", mc_adapter=False)
 
-SelfPromptSAMTrainer_1epoch = with_num_epochs(SelfPromptSAMTrainer, 1)
-SelfPromptSAMTrainer_5epochs = with_num_epochs(SelfPromptSAMTrainer, 5)
-SelfPromptSAMTrainer_10epochs = with_num_epochs(SelfPromptSAMTrainer, 10)
-SelfPromptSAMTrainer_20epochs = with_num_epochs(SelfPromptSAMTrainer, 20)
-SelfPromptSAMTrainer_50epochs = with_num_epochs(SelfPromptSAMTrainer, 50)
-SelfPromptSAMTrainer_100epochs = with_num_epochs(SelfPromptSAMTrainer, 100)
-SelfPromptSAMTrainer_250epochs = with_num_epochs(SelfPromptSAMTrainer, 250)
+# SelfPromptSAMTrainer_1epoch, _5epochs, _10epochs, _20epochs, _50epochs, _100epochs, _250epochs
+globals().update(epoch_variants(SelfPromptSAMTrainer))
 SelfPromptSAMTrainer_AdamW_20epochs = with_num_epochs(SelfPromptSAMTrainer_AdamW, 20)
 SelfPromptSAMTrainer_AdamW_50epochs = with_num_epochs(SelfPromptSAMTrainer_AdamW, 50)

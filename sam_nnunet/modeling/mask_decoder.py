@@ -21,6 +21,17 @@ from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import nn
 
 
+def build_output_upscaling(dim: int) -> nn.Sequential:
+    """SAM's 4x mask upscaling (``mask_decoder.output_upscaling``): B x dim x h x w -> B x dim/8 x 4h x 4w."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+        LayerNorm2d(dim // 4),
+        nn.GELU(),
+        nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+        nn.GELU(),
+    )
+
+
 class BatchedMLP(nn.Module):
     """K independent MLPs applied to K tokens at once: B x K x in -> B x K x out."""
 
@@ -67,13 +78,7 @@ class HierarchicalMaskDecoderBlock(nn.Module):
                                              num_heads=transformer_heads, mlp_dim=transformer_mlp_dim)
         self.num_mask_tokens = num_mask_tokens
         self.mask_tokens = nn.Embedding(num_mask_tokens, transformer_dim)
-        self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
-            LayerNorm2d(transformer_dim // 4),
-            nn.GELU(),
-            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
-            nn.GELU(),
-        )
+        self.output_upscaling = build_output_upscaling(transformer_dim)
         self.output_hypernetworks = BatchedMLP(num_mlps=num_mask_tokens, input_dim=transformer_dim,
                                                hidden_dim=transformer_dim, output_dim=transformer_dim // 8)
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
 from torch import Tensor, nn
 
 from .adapters import build_adapter
+from .mask_decoder import build_output_upscaling
 
 
 class AdaptedTwoWayAttentionBlock(TwoWayAttentionBlock):
@@ -90,13 +90,7 @@ class SelfPromptMaskDecoder(nn.Module):
         )
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(num_multimask_outputs + 1, transformer_dim)
-        self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
-            LayerNorm2d(transformer_dim // 4),
-            nn.GELU(),
-            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
-            nn.GELU(),
-        )
+        self.output_upscaling = build_output_upscaling(transformer_dim)
         self.output_hypernetworks_mlps = nn.ModuleList([MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)])
         self.depth_pos_embed: Optional[nn.Parameter] = None
         if depth_pos_embed and patch_depth > 1:

@@ -19,7 +19,7 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     rows = result["trainers"]
-    assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "HSPSAMTrainer"]
+    assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"]
     assert result["meta"]["seed"] == 0 and "fold 0" in result["meta"]["split"]
     for r in rows:
         for key in ("step_s_median", "step_s_q1", "step_s_q3", "infer_s_per_volume", "train_peak_rss_mb",
@@ -29,8 +29,8 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
         assert r["params_trainable"] <= r["params_total"]
         assert set(r["dice"]) == {"1", "2", "3"} and all(0 <= d <= 1 for d in r["dice"].values())
         assert r["patch_size"] == [128, 128] and r["batch_size"] == 8  # same patch and batch for all
-    assert rows[0]["val_cases"] == rows[1]["val_cases"]  # same validation cases
+    assert rows[0]["val_cases"] == rows[1]["val_cases"] == rows[2]["val_cases"]  # same validation cases
     table = (out / "results.md").read_text()
-    assert "| HSPSAMTrainer |" in table and "x)" in table  # ratio against nnUNetTrainer
+    assert "| HSPSAMTrainer |" in table and "| SelfPromptSAMTrainer |" in table and "x)" in table  # ratio against nnUNetTrainer
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
