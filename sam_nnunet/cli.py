@@ -1,4 +1,5 @@
-"""``sam_nnunet`` command line: environment, dataset conversion, SAM plans and the CPU demo."""
+"""``sam_nnunet`` command line: environment, dataset conversion, SAM plans, the CPU demo, cross-validation
+and evaluation reports."""
 from __future__ import annotations
 
 import argparse
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--processes", type=int, default=2)
     dm.add_argument("--seed", type=int, default=0)
     dm.set_defaults(func=cmd_demo)
+
+    from sam_nnunet.datasets.commands import register as register_converters
+    from sam_nnunet.evaluation.commands import register as register_evaluation
+
+    register_converters(sub)
+    register_evaluation(sub)
     return p
 
 
