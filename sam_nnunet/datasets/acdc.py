@@ -9,38 +9,25 @@ in the same fold.
 Reuses nnU-Net's ``create_ACDC_split`` and ``generate_dataset_json``. Not its
 ``convert_acdc``/``make_out_dirs``: in nnunetv2 2.8.1 they call ``.replace`` on the ``nnUNet_raw``
 path object and crash. The dataset is assembled in a temporary folder next to the target and
-renamed into place at the end, so an interrupted conversion never leaves a dataset that looks
-complete; an existing dataset is never overwritten.
+renamed into place at the end (:mod:`sam_nnunet.datasets.common`), so an interrupted conversion never
+leaves a dataset that looks complete; an existing dataset is never overwritten.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import nibabel as nib
-import numpy as np
 from nnunetv2.dataset_conversion.Dataset027_ACDC import create_ACDC_split
-from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+from sam_nnunet.datasets.common import (DatasetLayoutError, assembling, env_folder, new_dataset_folder,
+                                        write_dataset_json, write_splits)
+from sam_nnunet.datasets.volumes import read_label_pair
 
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 FRAME = re.compile(r"^(patient\d{3})_frame(\d{2})\.nii\.gz$")
-
-
-class DatasetLayoutError(ValueError):
-    """The source folder is not in the layout the converter expects."""
-
-
-def env_folder(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        raise DatasetLayoutError(f"{name} is not set: export {name}=/path/to/folder (see nnU-Net's "
-                                 f"documentation/setting_up_paths.md) or pass the folder explicitly.")
-    return Path(value)
 
 
 def find_acdc_cases(source: Path, split: str = "training", need_labels: bool = True) -> Dict[str, List[Path]]:
@@ -64,19 +51,6 @@ def find_acdc_cases(source: Path, split: str = "training", need_labels: bool = T
     return cases
 
 
-def _check_pair(image: Path, label: Path) -> None:
-    try:
-        img, seg = nib.load(str(image)), nib.load(str(label))
-        values = np.unique(np.asarray(seg.dataobj))
-    except Exception as e:
-        raise DatasetLayoutError(f"cannot read {image} / {label} as NIfTI: {e}") from e
-    if img.shape[:3] != seg.shape[:3]:
-        raise DatasetLayoutError(f"{image.name} has shape {img.shape} but {label.name} has {seg.shape}")
-    bad = sorted(set(values.tolist()) - set(LABELS.values()))
-    if bad:
-        raise DatasetLayoutError(f"{label} holds label values {bad}; ACDC labels are {sorted(LABELS.values())}")
-
-
 def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patients: Optional[int] = None,
                  holdout: int = 0, raw_root: Optional[str | os.PathLike] = None,
                  preprocessed_root: Optional[str | os.PathLike] = None, verbose: bool = True) -> Path:
@@ -89,12 +63,9 @@ def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patient
         raw_root / preprocessed_root: default ``$nnUNet_raw`` / ``$nnUNet_preprocessed``.
     """
     source = Path(source)
-    raw_root = Path(raw_root) if raw_root else env_folder("nnUNet_raw")
     preprocessed_root = Path(preprocessed_root) if preprocessed_root else env_folder("nnUNet_preprocessed")
-    name = f"Dataset{dataset_id:03d}_ACDC"
-    target = raw_root / name
-    if target.exists():
-        raise FileExistsError(f"{target} already exists; not overwriting it. Remove it or choose another -d.")
+    target = new_dataset_folder(raw_root, dataset_id, "ACDC")
+    name = target.name
 
     patients = find_acdc_cases(source)
     ids = list(patients)[:max_patients] if max_patients else list(patients)
@@ -104,9 +75,7 @@ def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patient
     train_ids, test_ids = ids[: len(ids) - holdout], ids[len(ids) - holdout:]
     test_only = find_acdc_cases(source, "testing", need_labels=False) if (source / "testing").is_dir() else {}
 
-    raw_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=raw_root))
-    try:
+    with assembling(target) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs") + (("labelsTs",) if test_ids else ()):
             (tmp / sub).mkdir()
         n_train = 0
@@ -114,7 +83,7 @@ def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patient
             images, labels = ("imagesTr", "labelsTr") if pid in train_ids else ("imagesTs", "labelsTs")
             for frame in patients[pid]:
                 gt = frame.with_name(frame.name.replace(".nii.gz", "_gt.nii.gz"))
-                _check_pair(frame, gt)
+                read_label_pair(frame, gt, LABELS.values(), "ACDC")
                 case = frame.name[: -len(".nii.gz")]
                 shutil.copyfile(frame, tmp / images / f"{case}_0000.nii.gz")
                 shutil.copyfile(gt, tmp / labels / f"{case}.nii.gz")
@@ -122,24 +91,15 @@ def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patient
         for frames in test_only.values():
             for frame in frames:
                 shutil.copyfile(frame, tmp / "imagesTs" / frame.name.replace(".nii.gz", "_0000.nii.gz"))
-        generate_dataset_json(str(tmp), channel_names={0: "cineMRI"}, labels=LABELS, file_ending=".nii.gz",
-                              num_training_cases=n_train, dataset_name=name,
-                              reference="Bernard et al., IEEE TMI 37(11), 2018 (ACDC)",
-                              description=f"ACDC cine MRI, {len(train_ids)} training patients, "
-                                          f"{len(test_ids)} held out in imagesTs/labelsTs")
+        write_dataset_json(tmp, channel_names={0: "cineMRI"}, labels=LABELS, file_ending=".nii.gz", dataset_name=name,
+                           reference="Bernard et al., IEEE TMI 37(11), 2018 (ACDC)",
+                           licence="research use (ACDC terms)",
+                           description=f"ACDC cine MRI, {len(train_ids)} training patients, "
+                                       f"{len(test_ids)} held out in imagesTs/labelsTs")
         splits = create_ACDC_split(str(tmp / "labelsTr"))
         splits = [{"train": sorted(s["train"]), "val": sorted(s["val"])} for s in splits]
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
-    splits_file = preprocessed_root / name / "splits_final.json"
-    if splits_file.exists() and json.loads(splits_file.read_text()) != splits:
-        raise FileExistsError(f"{splits_file} exists with other splits; not overwriting it. Remove it to use the "
-                              f"patient-grouped splits of this conversion.")
-    splits_file.parent.mkdir(parents=True, exist_ok=True)
-    splits_file.write_text(json.dumps(splits, indent=1))
+    splits_file = write_splits(preprocessed_root, name, splits)
     if verbose:
         print(f"ACDC -> {target}: {n_train} training volumes ({len(train_ids)} patients), "
               f"{2 * len(test_ids) if test_ids else 0} held-out volumes; patient-grouped splits in {splits_file}")

@@ -1,0 +1,88 @@
+"""``sam_nnunet convert-*`` subcommands for the dataset converters; ``register(subparsers)`` adds them.
+
+Default dataset ids sit in the 300s, clear of the ids nnU-Net's own conversion scripts use (MSD 1-10,
+27 ACDC, 112-121 ToothFairy2/road segmentation, 218-227 AMOS/KiTS/..., 996-999 integration tests):
+
+    convert-synapse  301  Dataset301_Synapse8
+    convert-amos     302 / 303 / 304  Dataset30x_AMOS22_CT / _MRI / _CTMRI (by --modality)
+    convert-kvasir   311  Dataset311_KvasirSEG
+    convert-cvc      312  Dataset312_CVCClinicDB
+    convert-isic     317 / 318  Dataset317_ISIC2017 / Dataset318_ISIC2018 (by year)
+
+Each command writes to $nnUNet_raw (ISIC's official split also to $nnUNet_preprocessed) and prints the
+created dataset folder.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def _common(parser: argparse.ArgumentParser, input_help: str, default_id: int | None, id_help: str = "") -> None:
+    parser.add_argument("-i", "--input", required=True, help=input_help)
+    parser.add_argument("-d", "--dataset-id", type=int, default=default_id,
+                        help=id_help or f"nnU-Net dataset id (default {default_id})")
+    parser.add_argument("--cases", type=int, default=None, metavar="N", help="use only the first N cases of each official subset (quick runs)")
+
+
+def _synapse(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.synapse import convert_synapse
+
+    print(convert_synapse(args.input, args.dataset_id, max_cases=args.cases))
+    return 0
+
+
+def _amos(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.amos import convert_amos
+
+    print(convert_amos(args.input, args.dataset_id, modality=args.modality, max_cases=args.cases))
+    return 0
+
+
+def _kvasir(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.kvasir import convert_kvasir
+
+    print(convert_kvasir(args.input, args.dataset_id, max_cases=args.cases))
+    return 0
+
+
+def _cvc(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.cvc import convert_cvc
+
+    print(convert_cvc(args.input, args.dataset_id, max_cases=args.cases))
+    return 0
+
+
+def _isic(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.isic import convert_isic
+
+    print(convert_isic(args.input, args.dataset_id, year=args.year, max_cases=args.cases))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add convert-synapse, convert-amos, convert-kvasir, convert-cvc and convert-isic to ``subparsers``."""
+    p = subparsers.add_parser("convert-synapse", help="Synapse/BTCV -> 8-organ nnU-Net dataset, TransUNet split")
+    _common(p, "folder holding RawData/Training/img and RawData/Training/label", 301)
+    p.set_defaults(func=_synapse)
+
+    p = subparsers.add_parser("convert-amos", help="AMOS22 -> nnU-Net dataset (CT, MRI or both)")
+    _common(p, "the amos22 folder holding dataset.json, imagesTr/, labelsTr/, imagesVa/, labelsVa/, imagesTs/", None,
+            "nnU-Net dataset id (default 302 CT, 303 MRI, 304 both)")
+    p.add_argument("--modality", choices=["CT", "MRI", "both"], default="CT",
+                   help="case ids < 500 are CT, the others MRI (default CT)")
+    p.set_defaults(func=_amos)
+
+    p = subparsers.add_parser("convert-kvasir", help="Kvasir-SEG -> nnU-Net 2D RGB dataset (5 folds)")
+    _common(p, "Kvasir-SEG folder holding images/ and masks/", 311)
+    p.set_defaults(func=_kvasir)
+
+    p = subparsers.add_parser("convert-cvc", help="CVC-ClinicDB -> nnU-Net 2D RGB dataset (5 folds)")
+    _common(p, "CVC-ClinicDB folder holding Original/ and 'Ground Truth/' (.tif or .png)", 312)
+    p.set_defaults(func=_cvc)
+
+    p = subparsers.add_parser("convert-isic", help="ISIC 2017/2018 lesions -> nnU-Net 2D RGB dataset, official split")
+    _common(p, "folder holding the ISIC challenge folders (e.g. ISIC2018_Task1-2_Training_Input/)", None,
+            "nnU-Net dataset id (default 317 for 2017, 318 for 2018)")
+    p.add_argument("--year", type=int, choices=[2017, 2018], default=None,
+                   help="challenge year (default: read from the folder names)")
+    p.set_defaults(func=_isic)
