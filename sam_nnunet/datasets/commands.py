@@ -15,6 +15,8 @@ created dataset folder.
 from __future__ import annotations
 
 import argparse
+import importlib
+from typing import Callable
 
 
 def _common(parser: argparse.ArgumentParser, input_help: str, default_id: int | None, id_help: str = "") -> None:
@@ -24,65 +26,41 @@ def _common(parser: argparse.ArgumentParser, input_help: str, default_id: int | 
     parser.add_argument("--cases", type=int, default=None, metavar="N", help="use only the first N cases of each official subset (quick runs)")
 
 
-def _synapse(args: argparse.Namespace) -> int:
-    from sam_nnunet.datasets.synapse import convert_synapse
-
-    print(convert_synapse(args.input, args.dataset_id, max_cases=args.cases))
-    return 0
-
-
-def _amos(args: argparse.Namespace) -> int:
-    from sam_nnunet.datasets.amos import convert_amos
-
-    print(convert_amos(args.input, args.dataset_id, modality=args.modality, max_cases=args.cases))
-    return 0
-
-
-def _kvasir(args: argparse.Namespace) -> int:
-    from sam_nnunet.datasets.kvasir import convert_kvasir
-
-    print(convert_kvasir(args.input, args.dataset_id, max_cases=args.cases))
-    return 0
-
-
-def _cvc(args: argparse.Namespace) -> int:
-    from sam_nnunet.datasets.cvc import convert_cvc
-
-    print(convert_cvc(args.input, args.dataset_id, max_cases=args.cases))
-    return 0
-
-
-def _isic(args: argparse.Namespace) -> int:
-    from sam_nnunet.datasets.isic import convert_isic
-
-    print(convert_isic(args.input, args.dataset_id, year=args.year, max_cases=args.cases))
-    return 0
+def _handler(converter: str, *options: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand that calls ``sam_nnunet.datasets.<converter>`` (imported when run) with the common
+    arguments plus ``options`` (argument names passed on as keywords) and prints the dataset folder."""
+    def run(args: argparse.Namespace) -> int:
+        module, function = converter.rsplit(".", 1)
+        convert = getattr(importlib.import_module(f"sam_nnunet.datasets.{module}"), function)
+        print(convert(args.input, args.dataset_id, max_cases=args.cases, **{o: getattr(args, o) for o in options}))
+        return 0
+    return run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add convert-synapse, convert-amos, convert-kvasir, convert-cvc and convert-isic to ``subparsers``."""
     p = subparsers.add_parser("convert-synapse", help="Synapse/BTCV -> 8-organ nnU-Net dataset, TransUNet split")
     _common(p, "folder holding RawData/Training/img and RawData/Training/label", 301)
-    p.set_defaults(func=_synapse)
+    p.set_defaults(func=_handler("synapse.convert_synapse"))
 
     p = subparsers.add_parser("convert-amos", help="AMOS22 -> nnU-Net dataset (CT, MRI or both)")
     _common(p, "the amos22 folder holding dataset.json, imagesTr/, labelsTr/, imagesVa/, labelsVa/, imagesTs/", None,
             "nnU-Net dataset id (default 302 CT, 303 MRI, 304 both)")
     p.add_argument("--modality", choices=["CT", "MRI", "both"], default="CT",
                    help="case ids < 500 are CT, the others MRI (default CT)")
-    p.set_defaults(func=_amos)
+    p.set_defaults(func=_handler("amos.convert_amos", "modality"))
 
     p = subparsers.add_parser("convert-kvasir", help="Kvasir-SEG -> nnU-Net 2D RGB dataset (5 folds)")
     _common(p, "Kvasir-SEG folder holding images/ and masks/", 311)
-    p.set_defaults(func=_kvasir)
+    p.set_defaults(func=_handler("kvasir.convert_kvasir"))
 
     p = subparsers.add_parser("convert-cvc", help="CVC-ClinicDB -> nnU-Net 2D RGB dataset (5 folds)")
     _common(p, "CVC-ClinicDB folder holding Original/ and 'Ground Truth/' (.tif or .png)", 312)
-    p.set_defaults(func=_cvc)
+    p.set_defaults(func=_handler("cvc.convert_cvc"))
 
     p = subparsers.add_parser("convert-isic", help="ISIC 2017/2018 lesions -> nnU-Net 2D RGB dataset, official split")
     _common(p, "folder holding the ISIC challenge folders (e.g. ISIC2018_Task1-2_Training_Input/)", None,
             "nnU-Net dataset id (default 317 for 2017, 318 for 2018)")
     p.add_argument("--year", type=int, choices=[2017, 2018], default=None,
                    help="challenge year (default: read from the folder names)")
-    p.set_defaults(func=_isic)
+    p.set_defaults(func=_handler("isic.convert_isic", "year"))
