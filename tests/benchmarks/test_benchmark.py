@@ -34,3 +34,16 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
     assert "| HSPSAMTrainer |" in table and "| SelfPromptSAMTrainer |" in table and "x)" in table  # ratio against nnUNetTrainer
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_network_speed_reports_finite_positive_times_for_2d_and_3d():
+    script = SCRIPT.parent / "network_speed.py"
+    for args in (["--network", "SelfPromptSAM", "--patch", "2", "32", "32", "--batch", "1"],
+                 ["--network", "HSPSAM", "--patch", "32", "32", "--batch", "2"]):
+        proc = subprocess.run([sys.executable, str(script), *args, "--steps", "1", "--warmup", "0"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert r["network"] == args[1] and r["patch"] == [int(a) for a in args[3:-2]]
+        for key in ("train_step_s", "infer_tile_s", "params"):
+            assert math.isfinite(r[key]) and r[key] > 0, (args, key, r[key])

@@ -1,0 +1,94 @@
+"""Model-level speed of the SAM networks: training step (forward + backward) and inference forward.
+
+Needs only torch, segment-anything and this project's network code (no nnU-Net, no data), so it also
+runs on a lent GPU machine:
+
+    python benchmarks/network_speed.py --network SelfPromptSAM --encoder vit_tiny --patch 128 128 --batch 8
+    python benchmarks/network_speed.py --network SelfPromptSAM --encoder vit_b --patch 20 256 224 --batch 2 \\
+        --device cuda --bf16
+
+Prints one JSON line: median seconds of a training step (random input and targets, sum of the
+outputs' mean as loss) and of an inference forward at batch 1 (a sliding-window tile).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pydoc import locate
+
+import torch
+
+NETWORKS = {"HSPSAM": "sam_nnunet.modeling.hsp_sam.HSPSAM",
+            "SelfPromptSAM": "sam_nnunet.modeling.self_prompt_sam.SelfPromptSAM"}
+
+
+def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--network", choices=sorted(NETWORKS), default="SelfPromptSAM")
+    p.add_argument("--encoder", default="vit_tiny")
+    p.add_argument("--patch", type=int, nargs="+", default=[128, 128], help="H W (2d) or D H W (3d)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    kwargs = dict(num_input_channels=1, num_classes=args.classes, img_size=args.patch[-2:], encoder=args.encoder)
+    if len(args.patch) == 3:
+        if args.network != "SelfPromptSAM":
+            raise SystemExit("3D patches: HSPSAM runs 3d_fullres slice by slice; give it H W")
+        kwargs["patch_depth"] = args.patch[0]
+    net = locate(NETWORKS[args.network])(**kwargs).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x = torch.randn(args.batch, 1, *args.patch, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            outs = net(x)
+            loss = sum(o.float().mean() for o in (outs if isinstance(outs, list) else [outs]))
+        loss.backward()
+        opt.step()
+
+    net.train()
+    step = timed(train_step, args.steps, args.warmup, device)
+    net.eval()
+    net.deep_supervision = False
+    tile = x[:1]
+    with torch.no_grad(), autocast:
+        infer = timed(lambda: net(tile), args.steps * 3, args.warmup, device)
+    result = {"network": args.network, "encoder": args.encoder, "patch": args.patch, "batch": args.batch,
+              "device": args.device, "bf16": args.bf16, "train_step_s": round(step, 4),
+              "infer_tile_s": round(infer, 4), "params": sum(p.numel() for p in net.parameters()),
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        result["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
