@@ -36,7 +36,8 @@ ORGANS = ("spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "
 MODALITIES = {"CT": ("AMOS22_CT", 302, "CT"), "MRI": ("AMOS22_MRI", 303, "MRI"), "both": ("AMOS22_CTMRI", 304, "nonCT")}
 FIRST_MRI_ID = 500
 CASE = re.compile(r"^amos_(\d{4})\.nii\.gz$")
-LAYOUT = "the official AMOS22 layout <amos22>/imagesTr/amos_XXXX.nii.gz + labelsTr/ (and imagesVa/, labelsVa/, imagesTs/)"
+LAYOUT = ("the official AMOS22 layout <amos22>/imagesTr/amos_XXXX.nii.gz + labelsTr/ "
+          "(and imagesVa/, labelsVa/, imagesTs/)")
 
 
 def amos_labels(source: Path) -> Dict[str, int]:
@@ -111,13 +112,14 @@ def convert_amos(input_folder: PathLike, dataset_id: Optional[int] = None, *, mo
     def wanted(case: str) -> bool:
         return modality == "both" or is_mri(case) == (modality == "MRI")
 
-    labelled = [c for c in find_amos_cases(source, "imagesTr", "labelsTr") + find_amos_cases(source, "imagesVa", "labelsVa")
-                if wanted(c[0])]
+    labelled = find_amos_cases(source, "imagesTr", "labelsTr") + find_amos_cases(source, "imagesVa", "labelsVa")
+    labelled = [c for c in labelled if wanted(c[0])]
     test = [c for c in find_amos_cases(source, "imagesTs", None) if wanted(c[0])]
     labelled, test = first(sorted(labelled), max_cases), first(test, max_cases)
     if not labelled:
-        raise DatasetLayoutError(f"no labelled {modality} cases (amos_XXXX.nii.gz, ids "
-                                 f"{'>=' if modality == 'MRI' else '<'} {FIRST_MRI_ID}) in {source}/imagesTr or imagesVa")
+        ids = {"CT": f"ids < {FIRST_MRI_ID}", "MRI": f"ids >= {FIRST_MRI_ID}", "both": "any id"}[modality]
+        raise DatasetLayoutError(f"no labelled {modality} cases (amos_XXXX.nii.gz, {ids}) in {source / 'imagesTr'} "
+                                 f"or {source / 'imagesVa'}")
     with assembling(target) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir()

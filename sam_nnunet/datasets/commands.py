@@ -23,7 +23,8 @@ def _common(parser: argparse.ArgumentParser, input_help: str, default_id: int | 
     parser.add_argument("-i", "--input", required=True, help=input_help)
     parser.add_argument("-d", "--dataset-id", type=int, default=default_id,
                         help=id_help or f"nnU-Net dataset id (default {default_id})")
-    parser.add_argument("--cases", type=int, default=None, metavar="N", help="use only the first N cases of each official subset (quick runs)")
+    parser.add_argument("--cases", type=int, default=None, metavar="N",
+                        help="use only the first N cases of each official subset (quick runs)")
 
 
 def _handler(converter: str, *options: str) -> Callable[[argparse.Namespace], int]:

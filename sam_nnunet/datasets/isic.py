@@ -100,11 +100,12 @@ def convert_isic(input_folder: PathLike, dataset_id: Optional[int] = None, *, ye
         raise DatasetLayoutError(f"{twice[0]} appears in more than one ISIC {year} subset; each image belongs to one")
     splits = [{"train": [c.case_id for c in train], "val": [c.case_id for c in val]}] if val else None
     n_test_labels = sum(c.mask is not None for c in test)
+    folds = "official split as fold 0" if val else "nnU-Net's 5 folds"
     target = convert_pairs(name=f"ISIC{year}", dataset_id=dataset_id or DEFAULT_IDS[year], train=train + val,
                            test=test, foreground="lesion", reference=REFERENCES[year],
                            licence="see the LICENSE and ATTRIBUTION files of the ISIC release",
                            description=f"ISIC {year} lesion segmentation: {len(train)} training + {len(val)} "
-                                       f"validation images in imagesTr ({'official split as fold 0' if val else '5 folds'}),"
+                                       f"validation images in imagesTr ({folds}),"
                                        f" {len(test)} test images in imagesTs ({n_test_labels} with labelsTs)",
                            splits=splits, raw_root=raw_root, preprocessed_root=preprocessed_root)
     if verbose:

@@ -16,7 +16,8 @@ import numpy as np
 from sam_nnunet.datasets.common import DatasetLayoutError
 
 
-def read_label_pair(image: Path, label: Path, allowed: Iterable[int], dataset: str) -> Tuple[nib.Nifti1Image, np.ndarray]:
+def read_label_pair(image: Path, label: Path, allowed: Iterable[int],
+                    dataset: str) -> Tuple[nib.Nifti1Image, np.ndarray]:
     """Load ``label`` after checking it matches ``image``'s voxel grid and holds only ``allowed`` values.
 
     Returns the label image and its integer voxel array. Every problem is a DatasetLayoutError naming the file.
