@@ -17,11 +17,6 @@ class HSPSAMTrainer(SAMTrainerBase):
     default_network_kwargs = {"encoder": "vit_b", "lora_rank": 32, "qa_prompts": True, "hierarchical": True,
                               "skip_connections": True}
 
-    def deep_supervision_weights(self, num_outputs: int) -> np.ndarray:
-        """Level 1 (the prediction) first: 1, 1/2, 1/4, ... normalised to sum 1."""
-        weights = np.array([1 / (2 ** i) for i in range(num_outputs)])
-        return weights / weights.sum()
-
 
 class HSPSAMTrainer_noDS(HSPSAMTrainer):
     """Loss on level 1 only (the paper's Eq. 3). The deeper levels still run (they feed level 1) but

@@ -228,8 +228,10 @@ class SAMTrainerBase(nnUNetTrainer):
         return loss
 
     def deep_supervision_weights(self, num_outputs: int) -> np.ndarray:
-        """Loss weight per network output, the prediction first (trainers say what the paper says)."""
-        raise NotImplementedError
+        """Loss weight per network output, the prediction first: 1, 1/2, 1/4, ... normalised to sum 1
+        (nnU-Net's halving; HSP-SAM's levels). Trainers whose paper says otherwise override this."""
+        weights = np.array([1 / (2 ** i) for i in range(num_outputs)])
+        return weights / weights.sum()
 
     def _get_deep_supervision_scales(self):
         """The target scale of each network output, as the network reports it."""
