@@ -8,7 +8,10 @@ runs on a lent GPU machine:
         --device cuda --bf16
 
 Prints one JSON line: median seconds of a training step (random input and targets, sum of the
-outputs' mean as loss) and of an inference forward at batch 1 (a sliding-window tile).
+outputs' mean as loss) and of an inference forward at batch 1 (a sliding-window tile); the FLOPs of
+each, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention;
+elementwise ops are not counted), and the achieved TFLOP/s. With a peak (``--peak-tflops``, or the
+dense bf16 / fp32 peak of a known GPU, ``PEAK_TFLOPS``) also the fraction of it that was reached.
 """
 from __future__ import annotations
 
@@ -19,6 +22,11 @@ import time
 from pydoc import locate
 
 import torch
+
+# Dense (no sparsity) peak TFLOP/s from the vendors' data sheets: (bf16 tensor core, fp32), by a part of
+# torch.cuda.get_device_name() ("NVIDIA H100 80GB HBM3" is the SXM part).
+PEAK_TFLOPS = {"H100 80GB HBM3": (989.4, 66.9), "H100 PCIe": (756.0, 51.2),
+               "H200": (989.4, 66.9), "A100": (312.0, 19.5)}
 
 NETWORKS = {"HSPSAM": "sam_nnunet.modeling.hsp_sam.HSPSAM",
             "SelfPromptSAM": "sam_nnunet.modeling.self_prompt_sam.SelfPromptSAM"}
@@ -38,6 +46,29 @@ def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` (run once more, outside the timing)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sam_nnunet.modeling.conv import FLOP_FORMULAS
+
+    counter = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def device_peak_tflops(device: torch.device, bf16: bool):
+    """The data-sheet peak of a known GPU for the dtype used, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (peak_bf16, peak_fp32) in PEAK_TFLOPS.items():
+        if key in name:
+            return peak_bf16 if bf16 else peak_fp32
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--network", choices=sorted(NETWORKS), default="SelfPromptSAM")
@@ -49,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, help="the device's peak for the dtype used (default: PEAK_TFLOPS)")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -73,18 +105,29 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
 
+    def infer_tile():
+        with torch.no_grad(), autocast:
+            net(x[:1])
+
     net.train()
     step = timed(train_step, args.steps, args.warmup, device)
+    train_flops = count_flops(train_step)
     net.eval()
     net.deep_supervision = False
-    tile = x[:1]
-    with torch.no_grad(), autocast:
-        infer = timed(lambda: net(tile), args.steps * 3, args.warmup, device)
+    infer = timed(infer_tile, args.steps * 3, args.warmup, device)
+    infer_flops = count_flops(infer_tile)
     result = {"network": args.network, "encoder": args.encoder, "patch": args.patch, "batch": args.batch,
               "device": args.device, "bf16": args.bf16, "train_step_s": round(step, 4),
               "infer_tile_s": round(infer, 4), "params": sum(p.numel() for p in net.parameters()),
+              "train_step_gflop": round(train_flops / 1e9, 3), "infer_tile_gflop": round(infer_flops / 1e9, 3),
+              "train_tflops": round(train_flops / step / 1e12, 4), "infer_tflops": round(infer_flops / infer / 1e12, 4),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    peak = args.peak_tflops or device_peak_tflops(device, args.bf16)
+    if peak:
+        result.update(peak_tflops=peak, train_fraction_of_peak=round(result["train_tflops"] / peak, 4),
+                      infer_fraction_of_peak=round(result["infer_tflops"] / peak, 4))
     if device.type == "cuda":
+        result["device_name"] = torch.cuda.get_device_name(device)
         result["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     print(json.dumps(result))
     return 0

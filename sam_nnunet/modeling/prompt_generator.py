@@ -12,8 +12,9 @@ upsampled to full size by 4 transposed-conv stages, one output.
 
 Both work on 5D tensors (B x C x D x H x W; 2D patches have D = 1), so 2D and 3D share the code.
 Choices: instance norm + LeakyReLU (the paper uses instance norm; nnU-Net's nonlinearity);
-convolutions are 3x3x3 when the patch has depth (they see neighbouring slices) and 1x3x3 for 2D;
-upsampling never touches depth (the encoder keeps all D slices). Widths ``channels`` are for
+convolutions are 3x3x3 when the patch has depth (they see neighbouring slices) and 1x3x3 for 2D
+(:class:`~sam_nnunet.modeling.conv.Conv3d`: batch-1 tiles through oneDNN on CPU); upsampling never
+touches depth (the encoder keeps all D slices). Widths ``channels`` are for
 full, 1/2, 1/4 and 1/8 resolution (default: SAM decoder width / 8, / 4, / 2, / 1).
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import List, Sequence
 
 import torch
 from torch import nn
+
+from .conv import Conv3d
 
 
 def tokens_to_volume(tokens: torch.Tensor, depth: int) -> torch.Tensor:
@@ -35,7 +38,7 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, depth_kernel: int) -> None:
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size=(depth_kernel, 3, 3), padding=(depth_kernel // 2, 1, 1)),
+            Conv3d(in_channels, out_channels, kernel_size=(depth_kernel, 3, 3), padding=(depth_kernel // 2, 1, 1)),
             nn.InstanceNorm3d(out_channels, affine=True),
             nn.LeakyReLU(0.01, inplace=True),
         )

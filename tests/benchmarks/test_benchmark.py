@@ -45,5 +45,21 @@ def test_network_speed_reports_finite_positive_times_for_2d_and_3d():
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         assert r["network"] == args[1] and r["patch"] == [int(a) for a in args[3:-2]]
-        for key in ("train_step_s", "infer_tile_s", "params"):
+        for key in ("train_step_s", "infer_tile_s", "params", "train_step_gflop", "infer_tile_gflop",
+                    "train_tflops", "infer_tflops"):
             assert math.isfinite(r[key]) and r[key] > 0, (args, key, r[key])
+        # a training step (forward + backward at batch B) costs more than one batch-1 forward
+        assert r["train_step_gflop"] > r["infer_tile_gflop"]
+
+
+def test_conv_ab_reports_both_backends_for_2d_and_3d():
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "conv_ab.py"), "--patch", "32", "32", "--patch", "2", "32", "32",
+                           "--rounds", "1", "--calls", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    measured = [r for r in rows if "what" in r]
+    assert [(r["patch"], r["what"]) for r in measured] == [
+        ([32, 32], "inference tile, batch 1"), ([2, 32, 32], "inference tile, batch 1"),
+        ([2, 32, 32], "training step, batch 1")]
+    for r in measured:
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("torch", "onednn", "onednn_over_torch")), r
