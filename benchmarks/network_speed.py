@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="time torch.compile(network) (FLOPs are counted eagerly)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for the dtype used (default: PEAK_TFLOPS)")
     args = p.parse_args(argv)
 
@@ -94,30 +95,35 @@ def main(argv=None) -> int:
         kwargs["patch_depth"] = args.patch[0]
     net = locate(NETWORKS[args.network])(**kwargs).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    run = torch.compile(net) if args.compile else net
     x = torch.randn(args.batch, 1, *args.patch, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
-    def train_step():
+    def train_step(model=run):
         opt.zero_grad(set_to_none=True)
         with autocast:
-            outs = net(x)
+            outs = model(x)
             loss = sum(o.float().mean() for o in (outs if isinstance(outs, list) else [outs]))
         loss.backward()
         opt.step()
 
-    def infer_tile():
+    def infer_tile(model=run):
         with torch.no_grad(), autocast:
-            net(x[:1])
+            model(x[:1])
 
     net.train()
+    start = time.perf_counter()
+    train_step()
+    first_step = time.perf_counter() - start  # includes compilation with --compile
     step = timed(train_step, args.steps, args.warmup, device)
-    train_flops = count_flops(train_step)
+    train_flops = count_flops(lambda: train_step(net))
     net.eval()
     net.deep_supervision = False
     infer = timed(infer_tile, args.steps * 3, args.warmup, device)
-    infer_flops = count_flops(infer_tile)
+    infer_flops = count_flops(lambda: infer_tile(net))
     result = {"network": args.network, "encoder": args.encoder, "patch": args.patch, "batch": args.batch,
-              "device": args.device, "bf16": args.bf16, "train_step_s": round(step, 4),
+              "device": args.device, "bf16": args.bf16, "compile": args.compile,
+              "first_train_step_s": round(first_step, 3), "train_step_s": round(step, 4),
               "infer_tile_s": round(infer, 4), "params": sum(p.numel() for p in net.parameters()),
               "train_step_gflop": round(train_flops / 1e9, 3), "infer_tile_gflop": round(infer_flops / 1e9, 3),
               "train_tflops": round(train_flops / step / 1e12, 4), "infer_tflops": round(infer_flops / infer / 1e12, 4),

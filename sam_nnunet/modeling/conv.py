@@ -16,7 +16,8 @@ A/B.
 :class:`Conv3d` is ``nn.Conv3d`` (same parameters and state-dict keys) and calls
 ``torch.mkldnn_convolution`` itself for batch-1 float32 CPU inputs when a kernel side is above 1.
 That op's autograd formula is PyTorch's generic convolution backward, so gradients are unchanged
-(tested). Everything else (GPU, other dtypes, batch > 1, string padding) takes the stock path.
+(tested). Everything else (GPU, other dtypes, batch > 1, string padding, code being traced by
+``torch.compile``) takes the stock path.
 ``torch.utils.flop_counter`` has no formula for that op: pass :data:`FLOP_FORMULAS` as its
 ``custom_mapping`` to count these calls.
 """
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 _MKLDNN_CONV = getattr(torch, "mkldnn_convolution", None) if torch.backends.mkldnn.is_available() else None
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 
 
 def _mkldnn_conv_flop(x_shape, w_shape, _bias, _padding, _stride, _dilation, _groups, *, out_shape, **_) -> int:
@@ -42,7 +44,8 @@ FLOP_FORMULAS = {torch.ops.aten.mkldnn_convolution: _mkldnn_conv_flop} if _MKLDN
 def takes_onednn_path(x: torch.Tensor, conv: nn.Conv3d) -> bool:
     """Whether :class:`Conv3d` routes this call itself (see the module docstring)."""
     return (_MKLDNN_CONV is not None and x.shape[0] == 1 and x.device.type == "cpu" and x.dtype == torch.float32
-            and max(conv.kernel_size) > 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+            and max(conv.kernel_size) > 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and not _is_compiling())  # the op has no fake-tensor kernel; compiled code picks its own
 
 
 class Conv3d(nn.Conv3d):

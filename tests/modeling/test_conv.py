@@ -77,3 +77,13 @@ def test_flop_formula_counts_a_routed_call_like_torchs_convolution():
         counts.append(counter.get_total_flops())
     # 2 * output elements * (input channels per group * 27)
     assert counts[0] == counts[1] == 2 * 6 * 3 * 10 * 12 * 2 * 27
+
+
+def test_traced_by_torch_compile():
+    """nnU-Net compiles networks by default on GPU and on request in its predictor; the routed op has no
+    fake-tensor kernel, so traced code must take torch's path (aot_eager traces like inductor, without codegen)."""
+    conv = Conv3d(4, 4, kernel_size=3, padding=1)
+    x = torch.randn(1, 4, 2, 8, 8)
+    with torch.no_grad():
+        compiled = torch.compile(conv, backend="aot_eager", fullgraph=True)(x)
+        torch.testing.assert_close(compiled, conv(x), rtol=1e-4, atol=1e-5)
