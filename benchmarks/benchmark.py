@@ -1,6 +1,6 @@
 """SAM trainers against nnUNetTrainer, side by side, in one process, on the same data and split.
 
-    python benchmarks/benchmark.py --out runs/bench              # default: ~40 min on 2 CPU cores
+    python benchmarks/benchmark.py --out runs/bench              # default: 5 min budget per trainer, <30 min on 2 CPU cores
     python benchmarks/benchmark.py --out runs/bench_quick --quick # seconds of training, for the test
 
 For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer`` and ``SelfPromptSAMTrainer``), built by nnU-Net's own
@@ -213,8 +213,8 @@ def markdown(rows: List[dict], meta: dict) -> str:
         cells = []
         for key, _ in METRICS:
             v = r[key]
-            txt = f"{v:,}" if isinstance(v, int) else f"{v:.3g}"
-            if r is not base:
+            txt = f"{v:,}" if isinstance(v, int) else f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+            if r is not base and base[key]:
                 txt += f" ({v / base[key]:.2f}x)"
             cells.append(txt)
         dice = [r["dice"].get(k, float("nan")) for k in LABELS]
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     p.add_argument("--nnunet-preprocessed")
     p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"])
     p.add_argument("--patients", type=int, default=30)
-    p.add_argument("--budget-min", type=float, default=10.0, help="training wall-clock budget per trainer")
+    p.add_argument("--budget-min", type=float, default=5.0, help="training wall-clock budget per trainer")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations-per-epoch", type=int, default=50)
