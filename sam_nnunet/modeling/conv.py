@@ -29,7 +29,10 @@ import torch
 from torch import nn
 
 _MKLDNN_CONV = getattr(torch, "mkldnn_convolution", None) if torch.backends.mkldnn.is_available() else None
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+try:
+    from torch.compiler import is_compiling as _is_compiling  # torch >= 2.3
+except ImportError:  # torch 2.1 / 2.2
+    from torch._dynamo import is_compiling as _is_compiling
 
 
 def _mkldnn_conv_flop(x_shape, w_shape, _bias, _padding, _stride, _dilation, _groups, *, out_shape, **_) -> int:
