@@ -1,6 +1,6 @@
 """SAM trainers against nnUNetTrainer, side by side, in one process, on the same data and split.
 
-    python benchmarks/benchmark.py --out runs/bench              # default: 5 min budget per trainer, <30 min on 2 CPU cores
+    python benchmarks/benchmark.py --out runs/bench              # default: 5 min budget per trainer, ~20 min on 2 CPU cores
     python benchmarks/benchmark.py --out runs/bench_quick --quick # seconds of training, for the test
 
 For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer`` and ``SelfPromptSAMTrainer``), built by nnU-Net's own
