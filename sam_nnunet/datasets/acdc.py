@@ -6,28 +6,57 @@ plus labelsTs for patients held out with ``holdout``) and ``dataset.json``; and
 ``$nnUNet_preprocessed/DatasetNNN_ACDC/splits_final.json``, five folds with both frames of a patient
 in the same fold.
 
-Reuses nnU-Net's ``create_ACDC_split`` and ``generate_dataset_json``. Not its
-``convert_acdc``/``make_out_dirs``: in nnunetv2 2.8.1 they call ``.replace`` on the ``nnUNet_raw``
-path object and crash. The dataset is assembled in a temporary folder next to the target and
-renamed into place at the end (:mod:`sam_nnunet.datasets.common`), so an interrupted conversion never
-leaves a dataset that looks complete; an existing dataset is never overwritten.
+The folds are those of nnU-Net's ``create_ACDC_split`` (see :func:`patient_grouped_splits`); the dataset.json
+comes from its ``generate_dataset_json``. Not its ``convert_acdc``/``make_out_dirs``: in nnunetv2 2.8.1 they
+call ``.replace`` on the ``nnUNet_raw`` path object and crash. Every image and label is read in full and each
+pair's geometry checked before it is copied (:mod:`sam_nnunet.datasets.volumes`). The splits are computed
+from the case names before anything is written, and dataset and splits are published together
+(:func:`sam_nnunet.datasets.common.assembling`): a conflicting ``splits_final.json`` stops the conversion
+before it starts, and a failed or interrupted conversion leaves neither a dataset nor a new splits file, never
+a raw dataset without its patient-grouped splits (nnU-Net would then split by volume, putting the two frames
+of one patient on both sides of a fold). An existing dataset is never overwritten.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nnunetv2.dataset_conversion.Dataset027_ACDC import create_ACDC_split
+import numpy as np
 
-from sam_nnunet.datasets.common import (DatasetLayoutError, assembling, env_folder, new_dataset_folder,
-                                        write_dataset_json, write_splits)
-from sam_nnunet.datasets.volumes import read_label_pair
+from sam_nnunet.datasets.common import (DatasetLayoutError, Splits, assembling, new_dataset_folder, splits_path,
+                                        write_dataset_json)
+from sam_nnunet.datasets.volumes import copy_image, copy_pair
 
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}
 FRAME = re.compile(r"^(patient\d{3})_frame(\d{2})\.nii\.gz$")
+SPLIT_SEED = 1234  # create_ACDC_split's default
+
+
+def patient_grouped_splits(case_ids: List[str], seed: int = SPLIT_SEED) -> Splits:
+    """Five folds with every frame of a patient in the same fold: nnU-Net's ``create_ACDC_split``.
+
+    That function (``nnunetv2/dataset_conversion/Dataset027_ACDC.py``) lists a labelsTr folder; this does the
+    same from the case ids (``patientXXX_frameYY``), so the splits are known before anything is written: the
+    patients are shuffled with ``RandomState(seed)`` and fold k validates on every fifth of them from k on.
+    ``tests/datasets/test_acdc.py`` checks the result equals ``create_ACDC_split`` on the converted labelsTr.
+    """
+    cases = sorted(case_ids)
+    patient = {c: c[: len("patient000")] for c in cases}
+    patients = np.unique(list(patient.values()))
+    np.random.RandomState(seed).shuffle(patients)
+    splits = []
+    for fold in range(5):
+        val_patients = set(patients[fold::5])
+        splits.append({"train": [c for c in cases if patient[c] not in val_patients],
+                       "val": [c for c in cases if patient[c] in val_patients]})
+    return splits
+
+
+def case_name(frame: Path) -> str:
+    """``patientXXX_frameYY`` for ``.../patientXXX_frameYY.nii.gz``."""
+    return frame.name[: -len(".nii.gz")]
 
 
 def find_acdc_cases(source: Path, split: str = "training", need_labels: bool = True) -> Dict[str, List[Path]]:
@@ -63,9 +92,9 @@ def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patient
         raw_root / preprocessed_root: default ``$nnUNet_raw`` / ``$nnUNet_preprocessed``.
     """
     source = Path(source)
-    preprocessed_root = Path(preprocessed_root) if preprocessed_root else env_folder("nnUNet_preprocessed")
     target = new_dataset_folder(raw_root, dataset_id, "ACDC")
     name = target.name
+    splits_file = splits_path(preprocessed_root, name)  # resolved first: a missing $nnUNet_preprocessed stops here
 
     patients = find_acdc_cases(source)
     ids = list(patients)[:max_patients] if max_patients else list(patients)
@@ -74,8 +103,9 @@ def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patient
                                  f"{holdout} held out")
     train_ids, test_ids = ids[: len(ids) - holdout], ids[len(ids) - holdout:]
     test_only = find_acdc_cases(source, "testing", need_labels=False) if (source / "testing").is_dir() else {}
+    splits = patient_grouped_splits([case_name(f) for pid in train_ids for f in patients[pid]])
 
-    with assembling(target) as tmp:
+    with assembling(target, splits=splits, preprocessed_root=preprocessed_root) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs") + (("labelsTs",) if test_ids else ()):
             (tmp / sub).mkdir()
         n_train = 0
@@ -83,23 +113,18 @@ def convert_acdc(source: str | os.PathLike, dataset_id: int = 27, *, max_patient
             images, labels = ("imagesTr", "labelsTr") if pid in train_ids else ("imagesTs", "labelsTs")
             for frame in patients[pid]:
                 gt = frame.with_name(frame.name.replace(".nii.gz", "_gt.nii.gz"))
-                read_label_pair(frame, gt, LABELS.values(), "ACDC")
-                case = frame.name[: -len(".nii.gz")]
-                shutil.copyfile(frame, tmp / images / f"{case}_0000.nii.gz")
-                shutil.copyfile(gt, tmp / labels / f"{case}.nii.gz")
+                copy_pair(frame, gt, tmp / images / f"{case_name(frame)}_0000.nii.gz",
+                          tmp / labels / f"{case_name(frame)}.nii.gz", allowed=LABELS.values(), dataset="ACDC")
                 n_train += images == "imagesTr"
         for frames in test_only.values():
             for frame in frames:
-                shutil.copyfile(frame, tmp / "imagesTs" / frame.name.replace(".nii.gz", "_0000.nii.gz"))
+                copy_image(frame, tmp / "imagesTs" / f"{case_name(frame)}_0000.nii.gz")
         write_dataset_json(tmp, channel_names={0: "cineMRI"}, labels=LABELS, file_ending=".nii.gz", dataset_name=name,
                            reference="Bernard et al., IEEE TMI 37(11), 2018 (ACDC)",
                            licence="research use (ACDC terms)",
                            description=f"ACDC cine MRI, {len(train_ids)} training patients, "
                                        f"{len(test_ids)} held out in imagesTs/labelsTs")
-        splits = create_ACDC_split(str(tmp / "labelsTr"))
-        splits = [{"train": sorted(s["train"]), "val": sorted(s["val"])} for s in splits]
 
-    splits_file = write_splits(preprocessed_root, name, splits)
     if verbose:
         print(f"ACDC -> {target}: {n_train} training volumes ({len(train_ids)} patients), "
               f"{2 * len(test_ids) if test_ids else 0} held-out volumes; patient-grouped splits in {splits_file}")

@@ -17,7 +17,8 @@ Dataset223 does), so one normalisation never gets applied to the other modality.
 Split: like nnU-Net's Dataset218/223 converters, training and validation cases (both labelled) all go to
 imagesTr/labelsTr and nnU-Net's 5-fold cross-validation replaces the single official train/val split;
 imagesTs goes to imagesTs. Images and labels are copied unchanged after checking that every image has its
-label, the voxel grids agree, and the labels hold only the known values.
+label, every file reads in full (:mod:`sam_nnunet.datasets.volumes`: not truncated, finite), each image and
+its label share one voxel grid (shape, spacing, origin, direction), and the labels hold only the known values.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from sam_nnunet.datasets.common import (DatasetLayoutError, PathLike, assembling, first, new_dataset_folder,
                                         require_folder, write_dataset_json)
-from sam_nnunet.datasets.volumes import copy_pair
+from sam_nnunet.datasets.volumes import copy_image, copy_pair
 
 ORGANS = ("spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
           "postcava", "pancreas", "right adrenal gland", "left adrenal gland", "duodenum", "bladder",
@@ -127,7 +128,7 @@ def convert_amos(input_folder: PathLike, dataset_id: Optional[int] = None, *, mo
             copy_pair(image, label, tmp / "imagesTr" / f"{case}_0000.nii.gz", tmp / "labelsTr" / f"{case}.nii.gz",
                       allowed=labels.values(), dataset="AMOS22")
         for case, image, _ in test:
-            copy_pair(image, None, tmp / "imagesTs" / f"{case}_0000.nii.gz", None, allowed=(), dataset="AMOS22")
+            copy_image(image, tmp / "imagesTs" / f"{case}_0000.nii.gz")
         write_dataset_json(tmp, channel_names={0: channel}, labels=labels, file_ending=".nii.gz",
                            dataset_name=target.name,
                            reference="Ji et al., AMOS: A Large-Scale Abdominal Multi-Organ Benchmark, NeurIPS 2022 "

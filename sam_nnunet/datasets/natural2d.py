@@ -14,19 +14,25 @@ Masks are made binary by these rules, and anything else is a DatasetLayoutError 
     not a two-level mask (a photo, a probability map);
   * a mask whose values stay in 2-127 (a label map with small values) would threshold to nothing: error.
 An image without a mask, a mask without an image, and an image whose mask has another size are errors too.
+
+Every image and mask is decoded in full before anything is written from it, and a truncated or corrupt file is a
+DatasetLayoutError naming it. PIL raises on truncation only while ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
+False; some libraries set it True for the whole process, and then PIL fills the missing part with grey without
+a word. :func:`decoded` therefore holds it False while it decodes (and restores it afterwards).
 """
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile, UnidentifiedImageError
 
-from sam_nnunet.datasets.common import (DatasetLayoutError, PathLike, assembling, new_dataset_folder, require_folder,
-                                        write_dataset_json, write_splits)
+from sam_nnunet.datasets.common import (DatasetLayoutError, PathLike, Splits, assembling, new_dataset_folder,
+                                        require_folder, write_dataset_json)
 
 MID_GREY = (32, 223)
 MAX_MID_GREY_FRACTION = 0.05
@@ -74,22 +80,42 @@ def files_by_key(folder: Path, pattern: re.Pattern, layout: str) -> Dict[str, Pa
     return found
 
 
+@contextmanager
+def decoded(path: Path, what: str) -> Iterator[Image.Image]:
+    """``path`` opened and fully decoded by PIL (a ``what``: "image" or "mask"); closed after the block.
+
+    A file PIL cannot identify, and a truncated or corrupt one, is a DatasetLayoutError naming it; see the
+    module docstring for why ``LOAD_TRUNCATED_IMAGES`` is held False here.
+    """
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError as e:
+        raise DatasetLayoutError(f"cannot read {what} {path}: PIL does not recognise it as an image (empty, cut off "
+                                 f"before its header, or not an image file)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetLayoutError(f"{what} {path} is truncated or corrupt ({e}); download or extract it again") from e
+    with im:
+        allow_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise DatasetLayoutError(f"{what} {path} is truncated or corrupt ({e}); download or extract it "
+                                     f"again") from e
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+        yield im
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """H x W x 3 uint8."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:
-        raise DatasetLayoutError(f"cannot read image {path}: {e}") from e
+    with decoded(path, "image") as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def read_binary_mask(path: Path) -> np.ndarray:
     """H x W uint8 of 0/1, by the rules in the module docstring."""
-    try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr") else im)
-    except Exception as e:
-        raise DatasetLayoutError(f"cannot read mask {path}: {e}") from e
+    with decoded(path, "mask") as im:
+        pixels = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr") else im)
     if pixels.ndim == 3:
         colour = pixels[..., :3].astype(np.int32)
         if np.ptp(colour, axis=-1).max() > MAX_CHANNEL_SPREAD:
@@ -122,14 +148,15 @@ def write_case(case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None
 
 
 def convert_pairs(*, name: str, dataset_id: int, train: List[Case], test: List[Case], foreground: str,
-                  reference: str, licence: str, description: str, splits: Optional[List[Dict[str, List[str]]]] = None,
+                  reference: str, licence: str, description: str, splits: Optional[Splits] = None,
                   raw_root: Optional[PathLike] = None, preprocessed_root: Optional[PathLike] = None) -> Path:
     """Write ``Dataset{id:03d}_{name}``: ``train`` to imagesTr/labelsTr, ``test`` to imagesTs (and labelsTs for
-    those with masks); ``splits`` (case ids) to ``$nnUNet_preprocessed/<dataset>/splits_final.json``."""
+    those with masks); ``splits`` (case ids) to ``$nnUNet_preprocessed/<dataset>/splits_final.json``, published
+    together with the dataset (:func:`sam_nnunet.datasets.common.assembling`)."""
     target = new_dataset_folder(raw_root, dataset_id, name)
     if not train:
         raise DatasetLayoutError(f"no training images found for {name}")
-    with assembling(target) as tmp:
+    with assembling(target, splits=splits, preprocessed_root=preprocessed_root) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs") + (("labelsTs",) if any(c.mask for c in test) else ()):
             (tmp / sub).mkdir()
         for case in train:
@@ -139,6 +166,4 @@ def convert_pairs(*, name: str, dataset_id: int, train: List[Case], test: List[C
         write_dataset_json(tmp, channel_names={0: "R", 1: "G", 2: "B"}, labels={"background": 0, foreground: 1},
                            file_ending=".png", dataset_name=target.name, reference=reference, licence=licence,
                            description=description, overwrite_image_reader_writer="NaturalImage2DIO")
-        if splits is not None:  # inside the block: if the splits cannot be written, no dataset is left either
-            write_splits(preprocessed_root, target.name, splits)
     return target

@@ -17,8 +17,10 @@ imagesTr/labelsTr; checked against github.com/Beckschen/TransUNet and SAMed's ``
 makes its own 5 folds over the 18 training cases, as the published protocol has no validation split.
 
 Unlike TransUNet/SAMed preprocessing, intensities are not clipped or rescaled (nnU-Net's CT normalisation
-does that from the training data) and images are copied unchanged. A copy with only some of the 30 cases
-converts those it has (a summary says how many of each split); a case number outside the 30 is an error.
+does that from the training data) and images are copied unchanged, after the checks of
+:mod:`sam_nnunet.datasets.volumes` (every file reads in full, each label lies on its image's voxel grid). A copy
+with only some of the 30 cases converts those it has (a summary says how many of each split); a case number
+outside the 30 is an error.
 """
 from __future__ import annotations
 

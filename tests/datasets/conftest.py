@@ -1,5 +1,6 @@
-"""Dataset-converter fixtures: real Kvasir-SEG pairs, and tiny files in the documented layouts of the
-datasets that are not shipped (Synapse, AMOS22, CVC-ClinicDB, ISIC)."""
+"""Dataset-converter fixtures: real Kvasir-SEG pairs, tiny files in the documented layouts of the
+datasets that are not shipped (Synapse, AMOS22, CVC-ClinicDB, ISIC), and ``refused`` for bad-input tests."""
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+
+from sam_nnunet.datasets.common import DatasetLayoutError
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 KVASIR = Path(os.environ.get("SAM_NNUNET_KVASIR", SHARED / "Kvasir-SEG"))
@@ -97,10 +100,19 @@ def save_image(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
+def truncate(path: Path) -> Path:
+    """Cut ``path`` to half its bytes, as an interrupted download or copy leaves it."""
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    return path
+
+
 @pytest.fixture
 def make():
-    """The writers above, for tests that alter a layout: make.nifti, make.labels, make.image, make.disc, make.rgb."""
-    return SimpleNamespace(nifti=save_nifti, labels=every_label, image=save_image, disc=disc_mask, rgb=rgb_image)
+    """The writers above, for tests that alter a layout: make.nifti, make.labels, make.image, make.disc, make.rgb,
+    and make.truncated (a file cut to half its bytes)."""
+    return SimpleNamespace(nifti=save_nifti, labels=every_label, image=save_image, disc=disc_mask, rgb=rgb_image,
+                           truncated=truncate)
 
 
 @pytest.fixture
@@ -146,3 +158,25 @@ def isic(tmp_path):
                 (folder / "ATTRIBUTION.txt").write_text("ISIC Archive")
         return root
     return make
+
+
+def tree_state(folder: Path) -> dict:
+    """relative path -> sha256 of every file, "folder" for every folder, hidden ones included."""
+    return {str(p.relative_to(folder)): "folder" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def refused(nnunet_env):
+    """refused(convert, source, match, error=DatasetLayoutError): runs ``convert()``, expects ``error`` with a
+    message matching ``match`` (re.search), and checks that the conversion left no trace: $nnUNet_raw and
+    $nnUNet_preprocessed hold exactly what they held before (no dataset, no hidden .partial folder, no
+    splits file) and every file under ``source`` is byte for byte as before. Returns the error."""
+    def run(convert, source: Path, match: str, error=DatasetLayoutError):
+        watched = (source, nnunet_env["nnUNet_raw"], nnunet_env["nnUNet_preprocessed"])
+        before = [tree_state(folder) for folder in watched]
+        with pytest.raises(error, match=match) as caught:
+            convert()
+        assert [tree_state(folder) for folder in watched] == before
+        return caught.value
+    return run

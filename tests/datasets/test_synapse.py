@@ -76,7 +76,8 @@ def test_image_without_label_names_the_file(synapse, nnunet_env):
 
 def test_shape_mismatch_names_both_files_and_leaves_nothing(synapse, nnunet_env, make):
     make.nifti(synapse / "RawData/Training/label/label0006.nii.gz", make.labels(13, 6, shape=(8, 8, 5)))
-    with pytest.raises(DatasetLayoutError, match=r"img0006.nii.gz has shape \(8, 8, 4\) but label0006.nii.gz"):
+    with pytest.raises(DatasetLayoutError, match=r"label0006.nii.gz does not lie on the voxel grid of image .*img0006"
+                                                 r".nii.gz: label shape \(8, 8, 5\) vs image shape \(8, 8, 4\)"):
         convert_synapse(synapse, verbose=False)
     assert list(nnunet_env["nnUNet_raw"].iterdir()) == []  # no dataset and no temporary folder
 
