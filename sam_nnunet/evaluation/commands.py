@@ -27,6 +27,7 @@ def _default_name(folder: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from sam_nnunet.evaluation.metrics import MonaiUnavailableError
     from sam_nnunet.evaluation.report import write_report
 
     folders = [args.pred] + ([args.pred2] if args.pred2 else [])
@@ -35,8 +36,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         names = ["A", "B"]
     if len(names) != len(folders) or len(set(names)) != len(names):
         raise ValueError(f"--names needs one distinct name per prediction folder ({len(folders)}), got {names}")
-    write_report(args.gt, dict(zip(names, folders)), args.out, labels=args.labels, label_names=args.label_names,
-                 num_processes=args.np)
+    try:
+        write_report(args.gt, dict(zip(names, folders)), args.out, labels=args.labels, label_names=args.label_names,
+                     missing=args.missing, hd95=args.hd95, num_processes=args.np)
+    except MonaiUnavailableError as e:  # an install to fix, not a crash: the CLI's user-error path (exit 2)
+        raise ValueError(str(e)) from e
     return 0
 
 
@@ -77,6 +81,16 @@ def register(subparsers) -> None:
     rp.add_argument("--labels", type=int, nargs="+", default=None,
                     help="labels to evaluate (default: the foreground labels/regions of the dataset.json next to --gt)")
     rp.add_argument("--label-names", nargs="+", default=None, help="a name per label, e.g. RV MYO LV")
+    missing = rp.add_mutually_exclusive_group()
+    missing.add_argument("--missing", choices=("skip", "error", "zero"), default="skip",  # report.MISSING_MODES
+                         help="what a reference without a prediction means: skip = not evaluated, the means cover "
+                              "the predicted cases only (default; a single fold predicts only its validation "
+                              "cases); error = stop and name them; zero = score it as an empty prediction (Dice 0 "
+                              "where the reference has the class). The count is in summary.md either way")
+    missing.add_argument("--require-all", dest="missing", action="store_const", const="error",
+                         help="short for --missing error")
+    rp.add_argument("--no-hd95", dest="hd95", action="store_false",
+                    help="Dice only: no HD95, no MONAI needed (no boxplot_hd95.png or comparison.png)")
     rp.add_argument("-np", type=int, default=1, help="processes for evaluating cases (default 1)")
     rp.set_defaults(func=cmd_report)
 

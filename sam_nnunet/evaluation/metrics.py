@@ -11,7 +11,9 @@ two can differ slightly.) Masks are read again with nnU-Net's reader for the fil
 not return them), and its ``spacing`` property, in the array's axis order, is passed to MONAI, so distances are
 in mm and anisotropic voxels (ACDC: 1.5 x 1.5 x 10 mm) are respected. Axes of length 1 are dropped first: a 2D
 image read as a 1 x H x W volume is measured in 2D (otherwise erosion along the singleton axis would make every
-voxel a surface voxel). Voxels under the ignore label are removed from both masks.
+voxel a surface voxel). Voxels under the ignore label are removed from both masks. MONAI is optional
+(``pip install 'sam_nnunet[report]'``): it is imported only where a distance is measured, and
+:func:`require_monai` checks for it before a report starts.
 
 **Absent classes** (``status`` column in the reports):
 
@@ -22,6 +24,8 @@ present       present       2TP / (2TP + FP + FN)  MONAI   ``ok``
 absent        absent        NaN (nnU-Net's rule)   NaN     ``both_empty``
 present       absent        0                      inf     ``pred_empty``
 absent        present       0                      inf     ``ref_empty``
+present       no file       0                      inf     ``missing``
+absent        no file       NaN                    NaN     ``both_empty``
 ============  ============  =====================  ======  ==============
 
 A structure that is absent and correctly predicted absent says nothing about overlap or boundaries, so both
@@ -29,12 +33,16 @@ metrics are undefined (NaN) and the case is left out of that class's means, as n
 is empty there is no surface to measure to: the distance is infinite. Such cases are already penalised by their
 Dice of 0; they are left out of the HD95 means (a single ``inf`` would make the mean meaningless) and counted in
 the summary, so a low HD95 cannot hide a missed structure.
+
+A case with no prediction file at all (``sam_nnunet report --missing zero``) is scored as an empty prediction: the
+same values, so it enters the means exactly as an empty prediction would, but the status ``missing`` instead of
+``pred_empty`` says that the file, not the structure, was missing. Without HD95 (``--no-hd95``) every HD95 is NaN.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -42,7 +50,20 @@ from nnunetv2.evaluation.evaluate_predictions import compute_metrics, region_or_
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 
 LabelOrRegion = Union[int, Tuple[int, ...]]
-STATUSES = ("ok", "both_empty", "pred_empty", "ref_empty")
+STATUSES = ("ok", "both_empty", "pred_empty", "ref_empty", "missing")
+HD95_NEEDS_MONAI = "HD95 needs MONAI: pip install 'sam_nnunet[report]' (or monai>=1.3)"
+
+
+class MonaiUnavailableError(ImportError):
+    """MONAI, which measures HD95, cannot be imported."""
+
+
+def require_monai() -> None:
+    """Raise :class:`MonaiUnavailableError`, saying how to install it, unless MONAI's metrics can be imported."""
+    try:
+        import monai.metrics  # noqa: F401
+    except ImportError as e:  # not installed, or installed against another torch
+        raise MonaiUnavailableError(f"{HD95_NEEDS_MONAI}, or leave HD95 out with --no-hd95 ({e})") from e
 
 
 @dataclass(frozen=True)
@@ -50,7 +71,7 @@ class ClassMetrics:
     """The metrics of one class (label or region) in one case."""
 
     dice: float
-    hd95: float  # mm; NaN if both masks are empty, inf if exactly one is
+    hd95: float  # mm; NaN if both masks are empty (or HD95 is not measured), inf if exactly one is
     n_ref: int  # voxels of the class in the reference
     n_pred: int  # voxels of the class in the prediction
     status: str  # one of STATUSES
@@ -81,23 +102,33 @@ def hd95_mm(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[flo
     return float(hd[0, 0])
 
 
-def class_metrics(prediction: np.ndarray, reference: np.ndarray, dice: float, spacing: Sequence[float]) -> ClassMetrics:
-    """Apply the empty-mask rules to one class, given its masks and nnU-Net's Dice for it."""
+def class_metrics(prediction: np.ndarray, reference: np.ndarray, dice: float, spacing: Sequence[float], *,
+                  with_hd95: bool = True) -> ClassMetrics:
+    """Apply the empty-mask rules to one class, given its masks and nnU-Net's Dice for it (unused if one is empty)."""
     n_ref, n_pred = int(reference.sum()), int(prediction.sum())
-    if n_ref and n_pred:
-        return ClassMetrics(float(dice), hd95_mm(prediction, reference, spacing), n_ref, n_pred, "ok")
     if not n_ref and not n_pred:
         return ClassMetrics(math.nan, math.nan, 0, 0, "both_empty")
-    return ClassMetrics(0.0, math.inf, n_ref, n_pred, "pred_empty" if n_ref else "ref_empty")
+    if not n_ref or not n_pred:
+        return ClassMetrics(0.0, math.inf if with_hd95 else math.nan, n_ref, n_pred,
+                            "pred_empty" if n_ref else "ref_empty")
+    hd95 = hd95_mm(prediction, reference, spacing) if with_hd95 else math.nan
+    return ClassMetrics(float(dice), hd95, n_ref, n_pred, "ok")
 
 
-def case_metrics(reference_file: str, prediction_file: str, reader: BaseReaderWriter,
-                 labels_or_regions: Sequence[LabelOrRegion],
-                 ignore_label: Optional[int] = None) -> Dict[LabelOrRegion, ClassMetrics]:
-    """Dice and HD95 of every class in one case; ``reader`` is nnU-Net's reader/writer for the file type."""
-    dice = compute_metrics(reference_file, prediction_file, reader, list(labels_or_regions), ignore_label)
+def case_metrics(reference_file: str, prediction_file: Optional[str], reader: BaseReaderWriter,
+                 labels_or_regions: Sequence[LabelOrRegion], ignore_label: Optional[int] = None, *,
+                 with_hd95: bool = True) -> Dict[LabelOrRegion, ClassMetrics]:
+    """Dice and HD95 of every class in one case; ``reader`` is nnU-Net's reader/writer for the file type.
+
+    ``prediction_file`` None: the case has no prediction; it is scored as an empty one (status ``missing`` where
+    the reference has the class). ``with_hd95`` False: HD95 is not measured (NaN) and MONAI is not needed.
+    """
     ref, ref_props = reader.read_seg(reference_file)
-    pred, _ = reader.read_seg(prediction_file)
+    if prediction_file is None:
+        dice, pred = None, np.zeros_like(ref)
+    else:
+        dice = compute_metrics(reference_file, prediction_file, reader, list(labels_or_regions), ignore_label)
+        pred, _ = reader.read_seg(prediction_file)
     if ref.shape != pred.shape:
         raise ValueError(f"{prediction_file} has shape {pred.shape[1:]} but its reference {reference_file} has "
                          f"{ref.shape[1:]}; predictions must be in the reference's geometry")
@@ -106,6 +137,7 @@ def case_metrics(reference_file: str, prediction_file: str, reader: BaseReaderWr
     spacing = ref_props["spacing"]
     out = {}
     for r in labels_or_regions:
-        out[r] = class_metrics(region_or_label_to_mask(pred, r) & keep, region_or_label_to_mask(ref, r) & keep,
-                               dice["metrics"][r]["Dice"], spacing)
+        m = class_metrics(region_or_label_to_mask(pred, r) & keep, region_or_label_to_mask(ref, r) & keep,
+                          dice["metrics"][r]["Dice"] if dice else math.nan, spacing, with_hd95=with_hd95)
+        out[r] = replace(m, status="missing") if prediction_file is None and m.status == "pred_empty" else m
     return out

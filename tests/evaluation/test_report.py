@@ -6,9 +6,13 @@ written here, chosen to hit every rule of ``sam_nnunet.evaluation.metrics``: shi
 structure (prediction empty), an identical case, a structure cut off the last slice (where the 10 mm spacing
 matters), and a label 4 that the references never contain (both empty, or reference empty where a prediction has
 it).
+
+The last tests cover references without a prediction (``--missing``) and a missing MONAI (``--no-hd95``).
 """
 import csv
 import math
+import shutil
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -54,14 +58,18 @@ def cases(acdc_preprocessed, tmp_path):
     return labels_tr, {"shifted": shifted, "sliced": sliced}, [r.name[: -len(".nii.gz")] for r in refs]
 
 
-def direct(ref_path, pred_path, label, spacing=True):
-    """(Dice, HD95) straight from the NIfTI files with nibabel, numpy and MONAI, empty-mask rules applied."""
+def direct(ref_path, pred_path, label, spacing=True, hd95=True):
+    """(Dice, HD95) straight from the NIfTI files with nibabel, numpy and MONAI, empty-mask rules applied.
+
+    ``pred_path`` None: an empty prediction; ``hd95`` False: HD95 NaN (MONAI is not called)."""
     ref, img = load(ref_path)
-    pred, _ = load(pred_path)
+    pred = load(pred_path)[0] if pred_path else np.zeros_like(ref)
     r, p = ref == label, pred == label
     if not r.any() and not p.any():
         return math.nan, math.nan
     dice = 2 * (r & p).sum() / (r.sum() + p.sum())
+    if not hd95:
+        return dice, math.nan
     if not r.any() or not p.any():
         return dice, math.inf
     zooms = [float(z) for z in img.header.get_zooms()[:3]] if spacing else None
@@ -84,7 +92,10 @@ def test_report_matches_direct_recomputation_with_two_methods(cases, tmp_path, c
     out = tmp_path / "report"
     assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "--pred2", str(preds["sliced"]),
                  "--names", "shifted", "sliced", "-o", str(out)]) == 0
-    assert "evaluated 2 cases x 3 classes (8 references without prediction" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    for method in preds:
+        assert f"{method}: evaluated 2 cases x 3 classes (8 reference cases without a prediction, not evaluated " \
+               "(--missing skip)" in printed
 
     rows = read_csv(out / "per_case.csv")
     assert len(rows) == 2 * 2 * 3
@@ -116,9 +127,11 @@ def test_report_matches_direct_recomputation_with_two_methods(cases, tmp_path, c
             if math.isfinite(std):
                 assert f"{mean:.{digits}f} ± {std:.{digits}f}" in markdown
         assert int(s["pred_empty"]) == sum(r["status"] == "pred_empty" for r in group)
+        assert (s["unpredicted"], s["missing_mode"]) == ("8", "skip")  # 10 references in labelsTr, 2 predicted
     overall = next(s for s in summary if s["method"] == "shifted" and s["class"] == "all classes")
     assert (int(overall["dice_n"]), int(overall["hd95_n"]), int(overall["pred_empty"])) == (6, 5, 1)
     assert "## shifted vs sliced" in markdown
+    assert markdown.count("(2 of 10 reference cases); 8 reference cases without a prediction, not evaluated") == 2
 
     for name in ("boxplot_dice.png", "boxplot_hd95.png", "comparison.png"):
         data = (out / name).read_bytes()
@@ -140,7 +153,7 @@ def test_report_counts_absent_classes_with_explicit_labels(cases, tmp_path):
     none = summary["none"]
     assert (int(none["dice_n"]), int(none["hd95_n"]), int(none["both_empty"]), int(none["ref_empty"])) == (1, 0, 1, 1)
     assert float(none["dice_mean"]) == 0.0 and math.isnan(float(none["hd95_mean"]))
-    assert "| none (4) | 0.000 | n/a | 2 | 1 | 1 |" in (out / "summary.md").read_text()
+    assert "| none (4) | 0.000 | n/a | 2 | 1 | 1 | 8 skipped |" in (out / "summary.md").read_text()
     assert not (out / "comparison.png").exists()  # one method: no comparison chart
 
 
@@ -154,3 +167,125 @@ def test_report_refuses_unmatched_cases(cases, tmp_path, capsys):
     stray.write_bytes((preds["shifted"] / f"{names[1]}.nii.gz").read_bytes())
     assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "-o", str(tmp_path / "r")]) == 2
     assert "have no reference" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ references without a prediction
+@pytest.fixture
+def one_missing(cases, tmp_path):
+    """(reference folder, predictions, case names, the one reference no folder predicts): the two references of
+    ``cases`` and the next ACDC volume, copied with the dataset.json."""
+    gt, preds, names = cases
+    refs = sorted(gt.glob("*.nii.gz"))[:3]
+    small = tmp_path / "three" / "labelsTr"
+    small.mkdir(parents=True)
+    shutil.copy(gt.parent / "dataset.json", small.parent)
+    for ref in refs:
+        shutil.copy(ref, small)
+    assert [r.name[: -len(".nii.gz")] for r in refs[:2]] == names
+    return small, preds, names, refs[2].name[: -len(".nii.gz")]
+
+
+def test_report_states_unpredicted_references_by_default(one_missing, tmp_path, capsys):
+    gt, preds, names, lacking = one_missing
+    out = tmp_path / "report"
+    assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "-o", str(out)]) == 0
+    note = "1 reference case without a prediction, not evaluated (--missing skip)"
+    assert f"shifted: evaluated 2 cases x 3 classes ({note}" in capsys.readouterr().out
+    markdown = (out / "summary.md").read_text()
+    assert f"(2 of 3 reference cases); {note}" in markdown
+    assert markdown.count(" | 1 skipped |") == 4  # every class and the pooled row
+    assert {(s["unpredicted"], s["missing_mode"]) for s in read_csv(out / "summary.csv")} == {("1", "skip")}
+    assert {r["case"] for r in read_csv(out / "per_case.csv")} == set(names)
+
+
+@pytest.mark.parametrize("option", [["--require-all"], ["--missing", "error"]])
+def test_report_require_all_names_unpredicted_cases_and_writes_nothing(one_missing, tmp_path, capsys, option):
+    gt, preds, names, lacking = one_missing
+    out = tmp_path / "report"
+    assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "-o", str(out), *option]) == 2
+    err = capsys.readouterr().err
+    assert f"1 of 3 reference cases in {gt} have no prediction in {preds['shifted']}: {lacking}." in err
+    assert "--missing zero" in err and "--missing skip" in err  # how to go on
+    assert not out.exists()
+    (gt / f"{lacking}.nii.gz").unlink()  # now every reference has a prediction
+    assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "-o", str(out), *option]) == 0
+    assert "(2 of 2 reference cases); every reference has a prediction" in (out / "summary.md").read_text()
+
+
+def test_report_missing_zero_scores_unpredicted_cases_as_empty(one_missing, tmp_path):
+    """Two methods lacking different cases; the means are the hand-computed ones with Dice 0 for each missing
+    structure, and equal those of a real empty prediction file."""
+    gt, preds, names, lacking = one_missing
+    (preds["sliced"] / f"{names[1]}.nii.gz").unlink()
+    unpredicted = {"shifted": {lacking}, "sliced": {lacking, names[1]}}
+    out = tmp_path / "report"
+    assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "--pred2", str(preds["sliced"]),
+                 "--names", "shifted", "sliced", "-o", str(out), "--missing", "zero"]) == 0
+    rows = {(r["method"], r["case"], r["class"]): r for r in read_csv(out / "per_case.csv")}
+    summary = {(s["method"], s["class"]): s for s in read_csv(out / "summary.csv")}
+    assert len(rows) == 2 * 3 * 3
+    for method, absent in unpredicted.items():
+        for label, name in NAMES.items():
+            dice = []
+            for case in names + [lacking]:
+                pred = None if case in absent else preds[method] / f"{case}.nii.gz"
+                dice.append(direct(gt / f"{case}.nii.gz", pred, label)[0])
+                if case in absent:
+                    row = rows[(method, case, name)]
+                    in_reference = (load(gt / f"{case}.nii.gz")[0] == label).any()
+                    assert (row["status"], row["n_pred"]) == ("missing" if in_reference else "both_empty", "0")
+                    assert float(row["dice"]) == pytest.approx(0.0 if in_reference else math.nan, nan_ok=True)
+            s = summary[(method, name)]
+            assert float(s["dice_mean"]) == pytest.approx(stats(dice)[0], rel=1e-9)
+            assert (int(s["cases"]), int(s["unpredicted"]), s["missing_mode"]) == (3, len(absent), "zero")
+    assert int(summary[("sliced", "all classes")]["missing"]) > int(summary[("shifted", "all classes")]["missing"]) > 0
+    markdown = (out / "summary.md").read_text()
+    assert "(2 of 3 reference cases); 1 reference case without a prediction, scored as empty" in markdown
+    assert "(1 of 3 reference cases); 2 reference cases without a prediction, scored as empty" in markdown
+    assert "References without a prediction: shifted 1, sliced 2 (--missing zero)." in markdown
+
+    # the same as an empty prediction file for the case
+    empty = tmp_path / "empty_file"
+    shutil.copytree(preds["shifted"], empty)
+    seg, img = load(gt / f"{lacking}.nii.gz")
+    save_like(np.zeros_like(seg), img, empty / f"{lacking}.nii.gz")
+    assert main(["report", "--gt", str(gt), "--pred", str(empty), "--names", "shifted", "-o", str(tmp_path / "e")]) == 0
+    for s in read_csv(tmp_path / "e" / "summary.csv"):
+        zero = summary[("shifted", s["class"])]
+        for column in ("dice_mean", "dice_std", "dice_n", "hd95_mean", "hd95_std", "hd95_n", "both_empty"):
+            assert float(s[column]) == pytest.approx(float(zero[column]), rel=1e-12, nan_ok=True)
+        assert int(s["pred_empty"]) == int(zero["pred_empty"]) + int(zero["missing"])
+
+
+# ------------------------------------------------------------------------ MONAI is optional
+@pytest.fixture
+def without_monai(monkeypatch):
+    """MONAI unimportable, as in an install without the ``report`` extra."""
+    for name in ["monai"] + [m for m in sys.modules if m.startswith("monai.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_report_without_monai_stops_before_writing(cases, tmp_path, capsys, without_monai):
+    gt, preds, names = cases
+    out = tmp_path / "report"
+    assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "-o", str(out)]) == 2
+    printed = capsys.readouterr()
+    assert "HD95 needs MONAI: pip install 'sam_nnunet[report]' (or monai>=1.3)" in printed.err
+    assert "--no-hd95" in printed.err
+    assert "evaluated" not in printed.out and not out.exists()
+
+
+def test_report_no_hd95_measures_dice_without_monai(cases, tmp_path, without_monai):
+    gt, preds, names = cases
+    out = tmp_path / "report"
+    assert main(["report", "--gt", str(gt), "--pred", str(preds["shifted"]), "--pred2", str(preds["sliced"]),
+                 "--names", "shifted", "sliced", "-o", str(out), "--no-hd95"]) == 0
+    rows = read_csv(out / "per_case.csv")
+    assert len(rows) == 2 * 2 * 3
+    for row in rows:
+        path = preds[row["method"]] / f"{row['case']}.nii.gz"
+        dice = direct(gt / f"{row['case']}.nii.gz", path, int(row["label"]), hd95=False)[0]
+        assert float(row["dice"]) == pytest.approx(dice, abs=1e-12)
+        assert math.isnan(float(row["hd95_mm"]))
+    assert "HD95: not measured (`--no-hd95`)" in (out / "summary.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["boxplot_dice.png", "per_case.csv", "summary.csv", "summary.md"]
