@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_pretrained_encoder
+from .checkpoint import LoadReport, freeze_supplied
 from .common import Outputs, fold_depth, pad_to_multiple, padded_size, unfold_depth
 from .image_encoder import SAMImageEncoder, build_sam_neck
 from .lora import apply_lora
@@ -173,8 +173,12 @@ class HSPSAM(nn.Module):
         return [[1.0] * ndim for _ in range(self.num_levels)]
 
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
-        """Freeze the image encoder except LoRA (the paper's setup). Returns (frozen, trainable) encoder counts."""
-        return freeze_pretrained_encoder(self)
+        """Freeze the encoder tensors the checkpoint supplied (the paper: encoder frozen, LoRA trained).
+
+        LoRA factors and encoder tensors the file lacked (``report.not_supplied``) are trained; necks,
+        prompts and decoders always train. Returns (frozen, trainable) encoder parameter counts.
+        """
+        return freeze_supplied(self, report, prefix="encoder.")
 
     def sam_key_map(self, key: str) -> List[str]:
         """Where a tensor of an official SAM checkpoint goes in this network (empty: not used).

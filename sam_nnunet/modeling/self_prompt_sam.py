@@ -42,7 +42,7 @@ from segment_anything.modeling.prompt_encoder import PromptEncoder
 from torch import nn
 
 from .auto_prompts import prompts_from_masks
-from .checkpoint import LoadReport
+from .checkpoint import LoadReport, freeze_supplied
 from .common import Outputs, fold_depth, pad_to_multiple, padded_size
 from .depth_encoder import DepthAdaptedImageEncoder
 from .image_encoder import build_sam_neck
@@ -225,15 +225,7 @@ class SelfPromptSAM(nn.Module):
         return []
 
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
-        """Freeze every SAM weight the checkpoint provided; the added blocks train (the paper keeps all of
-        SAM and only adds blocks). Returns (frozen, trainable) parameter counts."""
-        loaded = set(report.loaded)
-        frozen = trainable = 0
-        for name, p in self.named_parameters():
-            p.requires_grad = p.requires_grad and name not in loaded
-            if p.requires_grad:
-                trainable += p.numel()
-            else:
-                frozen += p.numel()
-        return frozen, trainable
-
+        """Freeze every SAM weight the checkpoint supplied; the added blocks and SAM weights the file lacked
+        (``report.not_supplied``) train (the paper keeps all of SAM and only adds blocks). Returns (frozen,
+        trainable) parameter counts of the whole network."""
+        return freeze_supplied(self, report)

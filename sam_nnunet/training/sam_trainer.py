@@ -9,10 +9,12 @@ arguments; everything else lives here once:
   ``nnUNetv2_predict`` rebuilds the same network through :meth:`build_network_architecture`.
   Defaults come from the trainer; a ``"sam_nnunet"`` block in a plans configuration (written by
   ``sam_nnunet plans``) overrides them, e.g. ``{"encoder": "vit_tiny"}``.
-* Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM) is loaded at
-  ``initialize``; the network's ``freeze_pretrained`` then freezes what its paper freezes (HSP-SAM:
-  the encoder except LoRA; Self-Prompt-SAM: every SAM weight). Without it the encoder is randomly
-  initialised and *trained*, and the log says so: a frozen random encoder is useless.
+* Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM) is loaded and the
+  network's ``freeze_pretrained`` freezes what its paper freezes (HSP-SAM: the encoder except LoRA;
+  Self-Prompt-SAM: every SAM weight), limited to the tensors the file supplied. This happens in
+  ``configure_optimizers``, which nnU-Net runs after building the network and *before* wrapping it in
+  DDP (freezing after the wrap breaks DDP's reducer at the second step). Without a checkpoint the encoder
+  is randomly initialised and *trained*, and the log says so: a frozen random encoder is useless.
 * Optimiser: ``optimizer_name`` / ``base_learning_rate`` / ``base_weight_decay``; default AdamW (lr
   3e-4, weight decay 1e-2) with nnU-Net's poly decay, since nnU-Net's SGD at lr 1e-2 is known to
   diverge for ViTs trained in full; a trainer whose paper states SGD (Self-Prompt-SAM) says so. All
@@ -22,20 +24,26 @@ arguments; everything else lives here once:
 * Deep supervision: the network reports the target scale of each of its outputs
   (``deep_supervision_scales``) and the trainer the loss weight of each (``deep_supervision_weights``);
   output 0 is what validation and inference use.
-* AMP on CUDA (nnU-Net's autocast + GradScaler). A non-finite loss is reported in the log; a network
-  with non-finite weights is never written to a checkpoint (the run stops with the last good one).
-* A finished or started fold is never silently overwritten: starting without ``--c`` where
-  checkpoints exist is an error.
+* Non-finite steps (:mod:`sam_nnunet.training.safeguards`). AMP on CUDA (nnU-Net's autocast + GradScaler)
+  skips overflowing updates; without AMP (CPU) an update with non-finite gradients is skipped too, so the
+  weights stay finite. Each such step is logged; after ``SAM_NNUNET_MAX_NONFINITE`` (default 5) in a row
+  the run stops with :class:`TrainingDiverged`, keeping the last finite weights in
+  ``checkpoint_latest.pth`` (``--c`` repeats that epoch). Non-finite weights are never written.
+* A finished or started fold is never silently overwritten: starting without ``--c`` where checkpoints
+  exist is an error. ``--c``/``--val`` check that ``SAM_NNUNET_CHECKPOINT`` is the same *file* as in the
+  first run (size + SHA-256 in ``sam_nnunet_run.json``); its path may change (another mount).
 * ``SAM_NNUNET_SEED`` seeds Python, NumPy and torch before the network is built (augmentation
   workers keep their own RNGs, so runs are repeatable in initialisation, not bit for bit).
 * CPU-sized runs: ``SAM_NNUNET_ITERATIONS_PER_EPOCH`` / ``SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH`` override
   nnU-Net's 250 / 50 (logged); epochs come from the trainer name (``HSPSAMTrainer_5epochs`` ...).
-  ``SAM_NNUNET_SAVE_EVERY`` overrides how often ``checkpoint_latest.pth`` is written (nnU-Net: every 50
-  epochs, i.e. never in a 20-epoch run). Checkpoints are written to a temporary name and renamed, so
-  a run killed while saving resumes from its previous checkpoint.
+  ``checkpoint_latest.pth`` is written every ``SAM_NNUNET_SAVE_EVERY`` epochs (default: nnU-Net's 50, but at
+  least 10 times per run: every 2 epochs of 20) or every ``SAM_NNUNET_SAVE_MINUTES`` (default 15) minutes,
+  whichever comes first, so any run can resume with ``--c``. Checkpoints are written to a temporary name
+  and renamed, so a run killed while saving resumes from its previous checkpoint.
 """
 from __future__ import annotations
 
+import glob
 import inspect
 import json
 import os
@@ -45,6 +53,7 @@ from typing import Dict, Optional, Type
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -54,13 +63,17 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, load_sam_checkpoint
+from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, file_fingerprint, load_sam_checkpoint
+from sam_nnunet.training.safeguards import NonFiniteGuard, SaveSchedule
 
 SEED_ENV = "SAM_NNUNET_SEED"
 ITERATIONS_ENV = "SAM_NNUNET_ITERATIONS_PER_EPOCH"
 VAL_ITERATIONS_ENV = "SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH"
 SAVE_EVERY_ENV = "SAM_NNUNET_SAVE_EVERY"
+SAVE_MINUTES_ENV = "SAM_NNUNET_SAVE_MINUTES"
+MAX_NONFINITE_ENV = "SAM_NNUNET_MAX_NONFINITE"
 PLANS_OVERRIDE_KEY = "sam_nnunet"
 RUN_INFO_FILE = "sam_nnunet_run.json"
 
@@ -72,6 +85,19 @@ def _positive_int_env(name: str) -> Optional[int]:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _positive_float_env(name: str) -> Optional[float]:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return number
 
 
 class SAMTrainerBase(nnUNetTrainer):
@@ -107,9 +133,13 @@ class SAMTrainerBase(nnUNetTrainer):
         self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = _positive_int_env(VAL_ITERATIONS_ENV) or self.num_val_iterations_per_epoch
         self.save_every = _positive_int_env(SAVE_EVERY_ENV) or self.save_every
+        self.save_minutes = _positive_float_env(SAVE_MINUTES_ENV) or 15.0
+        self.max_nonfinite_steps = _positive_int_env(MAX_NONFINITE_ENV) or 5
         self.sam_checkpoint = os.environ.get(CHECKPOINT_ENV) or None
+        self._fingerprint: Optional[dict] = None
         self._resumed = False
-        self._nonfinite_losses = 0
+        self._nonfinite: Optional[NonFiniteGuard] = None
+        self._save_schedule: Optional[SaveSchedule] = None
         self._record_architecture()
 
     # ------------------------------------------------------------------ architecture from plans
@@ -168,15 +198,29 @@ class SAMTrainerBase(nnUNetTrainer):
                                   **cls.network_kwargs(configuration_manager))
 
     def _network(self) -> nn.Module:
-        """The network without DDP / torch.compile wrappers."""
-        mod = self.network.module if self.is_ddp else self.network
+        """The network without DDP / torch.compile wrappers (also before nnU-Net has wrapped it)."""
+        mod = self.network.module if isinstance(self.network, DDP) else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
     # ------------------------------------------------------------------ weights, optimiser, loss
     def initialize(self):
-        if self.was_initialized:
-            return super().initialize()
         super().initialize()
+        net = self._network()
+        total = sum(p.numel() for p in net.parameters())
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        kwargs = self.configuration_manager.network_arch_init_kwargs
+        self.print_to_log_file(f"{type(net).__name__} ({kwargs}): {total:,} parameters, {trainable:,} trainable. "
+                               f"{self.num_iterations_per_epoch} train / {self.num_val_iterations_per_epoch} val "
+                               f"iterations per epoch, {self.num_epochs} epochs, {self.optimizer_name} lr {self.initial_lr}, "
+                               f"weight decay {self.weight_decay}.")
+
+    def _load_pretrained(self) -> None:
+        """Load the SAM checkpoint and freeze what it supplied, on the bare network.
+
+        Called from :meth:`configure_optimizers`, which nnU-Net's ``initialize`` runs after building (and
+        compiling) the network and *before* wrapping it in DDP: DDP records which parameters need
+        gradients when it wraps, so freezing afterwards breaks its reducer at the second step.
+        """
         net = self._network()
         if self.sam_checkpoint:
             report = load_sam_checkpoint(net, self.sam_checkpoint)
@@ -189,21 +233,17 @@ class SAMTrainerBase(nnUNetTrainer):
                 f"No SAM checkpoint ({CHECKPOINT_ENV} is not set): the image encoder is randomly initialised "
                 f"and trained in full (nothing frozen). Set {CHECKPOINT_ENV}=/path/to/sam_vit_b_01ec64.pth "
                 f"to fine-tune pretrained SAM with LoRA.")
-        total = sum(p.numel() for p in net.parameters())
-        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        kwargs = self.configuration_manager.network_arch_init_kwargs
-        self.print_to_log_file(f"{type(net).__name__} ({kwargs}): {total:,} parameters, {trainable:,} trainable. "
-                               f"{self.num_iterations_per_epoch} train / {self.num_val_iterations_per_epoch} val "
-                               f"iterations per epoch, {self.num_epochs} epochs, {self.optimizer_name} lr {self.initial_lr}, "
-                               f"weight decay {self.weight_decay}.")
 
     def configure_optimizers(self):
+        self._load_pretrained()
         if self.optimizer_name == "SGD":
-            return super().configure_optimizers()
-        if self.optimizer_name != "AdamW":
+            optimizer, lr_scheduler = super().configure_optimizers()
+        elif self.optimizer_name == "AdamW":
+            optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+            lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        else:
             raise ValueError(f"{type(self).__name__}.optimizer_name must be 'AdamW' or 'SGD', not {self.optimizer_name!r}")
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        self._nonfinite = NonFiniteGuard(optimizer, self.max_nonfinite_steps)
         return optimizer, lr_scheduler
 
     def _build_loss(self):
@@ -245,35 +285,94 @@ class SAMTrainerBase(nnUNetTrainer):
     # ------------------------------------------------------------------ safety: NaN, overwrite, resume
     def train_step(self, batch: dict) -> dict:
         out = super().train_step(batch)
-        if not np.isfinite(out["loss"]):
-            self._nonfinite_losses += 1
-            amp = " (AMP: the grad scaler skips this step)" if self.grad_scaler is not None else ""
-            self.print_to_log_file(f"WARNING: non-finite training loss {out['loss']} in epoch {self.current_epoch}"
-                                   f"{amp}; {self._nonfinite_losses} so far.")
+        loss_bad = not np.all(np.isfinite(out["loss"]))
+        bad = self._nonfinite.pop_skipped() or loss_bad
+        if self.is_ddp:  # every rank must count the same steps, or one stops while the others wait for it
+            flag = torch.tensor([float(bad)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = bool(flag.item())
+        if bad:
+            what = f"non-finite training loss {out['loss']}" if loss_bad else "non-finite gradients"
+            self.print_to_log_file(f"WARNING: {what} in epoch {self.current_epoch}: this update was skipped "
+                                   f"({self._nonfinite.consecutive + 1} in a row, at most {self.max_nonfinite_steps}).")
+        if self._nonfinite.record(bad):
+            self._stop_diverged()
         return out
+
+    def _stop_diverged(self) -> None:
+        """Too many non-finite steps in a row: keep the last finite weights as the resume point and stop."""
+        guard, net = self._nonfinite, self._network()
+        latest = join(self.output_folder, "checkpoint_latest.pth")
+        if all(torch.isfinite(p).all() for p in net.parameters()):
+            # the bad updates were skipped, so these are the weights after the last finite step; saved so that
+            # --c repeats this epoch from them (nnU-Net stores "next epoch" = current_epoch + 1)
+            self.current_epoch -= 1
+            self.save_checkpoint(latest)
+            self.current_epoch += 1
+            kept = (f"Their updates were skipped, so the weights are the last finite ones (after step "
+                    f"{guard.last_finite_step or 0} of this run); they are saved in {latest}.")
+        elif isfile(latest):
+            self.load_checkpoint(latest)
+            kept = f"The weights were not finite; the last finite ones were restored from {latest}."
+        else:
+            kept = "The weights were not finite and no checkpoint_latest.pth was written yet."
+        message = (f"Training stopped: {guard.consecutive} consecutive non-finite training steps in epoch "
+                   f"{self.current_epoch} ({guard.total} in this run). {kept} Lower the learning rate (or disable "
+                   f"AMP), check the data for NaN/inf, then resume with --c.")
+        self.print_to_log_file("ERROR: " + message)
+        raise TrainingDiverged(message)
 
     def save_checkpoint(self, filename: str) -> None:
         bad = [n for n, p in self._network().named_parameters() if not torch.isfinite(p).all()]
         if bad:
             self.print_to_log_file(f"ERROR: network weights are not finite ({len(bad)} tensors, e.g. {bad[:3]}); "
                                    f"not writing {filename}. The last good checkpoint is kept.")
-            raise RuntimeError(f"Training diverged: non-finite weights in {bad[:3]}. Lower the learning rate or "
-                               f"disable AMP; resume from the last good checkpoint with --c.")
+            raise TrainingDiverged(f"Training diverged: non-finite weights in {bad[:3]}. Lower the learning rate or "
+                                   f"disable AMP; resume from the last good checkpoint with --c.")
         # write next to the target and rename: a run killed while saving keeps its previous checkpoint
         partial = filename + ".partial"
         super().save_checkpoint(partial)
         if os.path.isfile(partial):
             os.replace(partial, filename)
+        if os.path.basename(filename) == "checkpoint_latest.pth" and self._save_schedule is not None:
+            self._save_schedule.saved()
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        super().on_epoch_end()  # nnU-Net: logs, checkpoint_latest every save_every epochs, checkpoint_best
+        schedule = self._save_schedule
+        if epoch != self.num_epochs - 1 and not schedule.by_epochs(epoch) and schedule.by_time():
+            self.current_epoch -= 1  # as nnU-Net's on_train_end: the checkpoint stores "next epoch" = this + 1
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+            self.current_epoch += 1
+            self.print_to_log_file(f"checkpoint_latest.pth written ({schedule.every_minutes} minutes since the last).")
+
+    def _run_info(self) -> dict:
+        """What a resumed run must agree on: the SAM checkpoint, identified by content (not by its path)."""
+        if self._fingerprint is None:
+            self._fingerprint = file_fingerprint(self.sam_checkpoint) if self.sam_checkpoint else {}
+        return {"sam_checkpoint": self.sam_checkpoint, "sam_checkpoint_fingerprint": self._fingerprint or None,
+                "trainer": self.__class__.__name__}
 
     def load_checkpoint(self, filename_or_checkpoint):
         info_file = join(self.output_folder, RUN_INFO_FILE)
         if isfile(info_file):
             with open(info_file) as f:
-                before = json.load(f).get("sam_checkpoint")
-            if before != self.sam_checkpoint:
-                raise RuntimeError(f"This fold was trained with {CHECKPOINT_ENV}={before!r} but it is now "
-                                   f"{self.sam_checkpoint!r}. Set it as before to resume (it decides which weights "
-                                   f"are frozen).")
+                before = json.load(f)
+            now = self._run_info()
+            if "sam_checkpoint_fingerprint" in before:
+                same = before["sam_checkpoint_fingerprint"] == now["sam_checkpoint_fingerprint"]
+            else:  # written by an older version: only the path is known
+                same = before.get("sam_checkpoint") == now["sam_checkpoint"]
+            if not same:
+                raise RuntimeError(
+                    f"This fold was trained with {CHECKPOINT_ENV}={before.get('sam_checkpoint')!r} "
+                    f"({before.get('sam_checkpoint_fingerprint')}) but it is now {self.sam_checkpoint!r} "
+                    f"({now['sam_checkpoint_fingerprint']}). Set it to the same file as before to resume (it decides "
+                    f"which weights are frozen); the path may differ, the content may not.")
+            if before.get("sam_checkpoint") != now["sam_checkpoint"]:
+                self.print_to_log_file(f"{CHECKPOINT_ENV}: same file as before ({before.get('sam_checkpoint')} is now "
+                                       f"{self.sam_checkpoint}).")
         self._resumed = True
         super().load_checkpoint(filename_or_checkpoint)
 
@@ -284,8 +383,22 @@ class SAMTrainerBase(nnUNetTrainer):
             raise RuntimeError(f"{self.output_folder} already holds {existing}. Use --c to resume (or re-validate) "
                                f"this fold; to train it from scratch, move that folder away first.")
         super().on_train_start()
-        with open(join(self.output_folder, RUN_INFO_FILE), "w") as f:
-            json.dump({"sam_checkpoint": self.sam_checkpoint, "trainer": self.__class__.__name__}, f, indent=2)
+        if _positive_int_env(SAVE_EVERY_ENV) is None:
+            # nnU-Net writes checkpoint_latest.pth every 50 epochs: never, in a run of 50 epochs or fewer
+            self.save_every = max(1, min(self.save_every, self.num_epochs // 10))
+        self._save_schedule = SaveSchedule(self.save_every, self.save_minutes)
+        self.print_to_log_file(f"checkpoint_latest.pth every {self.save_every} epoch(s) or "
+                               f"{self.save_minutes} minutes, whichever comes first.")
+        if self.local_rank == 0:
+            with open(join(self.output_folder, RUN_INFO_FILE), "w") as f:
+                json.dump(self._run_info(), f, indent=2)
+            for stale in sorted(glob.glob(join(self.output_folder, "*.pth.partial"))):
+                os.remove(stale)  # a half-written checkpoint of a run killed while saving; never read
+                self.print_to_log_file(f"Removed {os.path.basename(stale)} (left by a run killed while saving).")
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced non-finite losses or weights; the message says what was kept and how to go on."""
 
 
 EPOCH_VARIANTS = (1, 5, 10, 20, 50, 100, 250)
