@@ -7,13 +7,16 @@
 #          --engine docker|podman|buildah (default: docker if found, else podman; buildah builds
 #          with chroot isolation, which works where a sandbox forbids container runtimes),
 #          --base IMAGE (base image with Python and torch; default: the Dockerfile's pytorch/pytorch),
+#          --input-slugs SLUGS, --output-slug SLUG (grand-challenge interfaces baked into the image;
+#          comma-separated input slugs, one per channel; default: whatever single folder /input/images holds),
 #          --context-only DIR (assemble the build context in DIR and stop; no container engine needed).
-# Needs nnUNet_results set (as for nnUNetv2_predict).
+# Needs nnUNet_results set (as for nnUNetv2_predict). The project is packed as committed (git archive HEAD):
+# uncommitted changes are left out, with a warning naming them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 dataset="" config="" trainer="HSPSAMTrainer" plans="nnUNetPlans" folds="0 1 2 3 4" tag="sam_nnunet:latest"
-engine="" context_only="" base=""
+engine="" context_only="" base="" input_slugs="" output_slug=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -d) dataset="$2"; shift 2 ;;
@@ -24,11 +27,15 @@ while [ $# -gt 0 ]; do
     -t) tag="$2"; shift 2 ;;
     --engine) engine="$2"; shift 2 ;;
     --base) base="$2"; shift 2 ;;
+    --input-slugs) input_slugs="$2"; shift 2 ;;
+    --output-slug) output_slug="$2"; shift 2 ;;
     --context-only) context_only="$2"; shift 2 ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
 [ -n "$dataset" ] && [ -n "$config" ] || { echo "give -d DATASET and -c CONFIGURATION" >&2; exit 2; }
+git -C "$repo" rev-parse --verify -q HEAD >/dev/null || {
+  echo "$repo is not a git checkout with a commit: the image packs the project as committed (git archive)" >&2; exit 2; }
 
 if [ -n "$context_only" ]; then
   ctx="$context_only"
@@ -39,14 +46,14 @@ else
   trap 'rm -rf "$ctx"' EXIT
 fi
 
+parts=(setup.py README.md sam_nnunet trainers plans)
 mkdir -p "$ctx/src" "$ctx/model"
 # the project as committed (what CI tests), not whatever else lies in the working tree
-for part in setup.py README.md sam_nnunet trainers plans; do cp -r "$repo/$part" "$ctx/src/"; done
-find "$ctx/src" -name __pycache__ -prune -exec rm -rf {} +
+git -C "$repo" archive --format=tar HEAD -- "${parts[@]}" | tar -x -C "$ctx/src"
+changed="$(git -C "$repo" status --porcelain -- "${parts[@]}")"
+[ -z "$changed" ] || printf 'warning: uncommitted changes are not in the image:\n%s\n' "$changed" >&2
 # shellcheck disable=SC2086  # folds is a list
-nnUNetv2_export_model_to_zip -d "$dataset" -o "$ctx/model.zip" -c "$config" -tr "$trainer" -p "$plans" -f $folds
-python -m zipfile -e "$ctx/model.zip" "$ctx/model/"
-rm "$ctx/model.zip"
+python -m sam_nnunet.cli export-model -d "$dataset" -c "$config" -tr "$trainer" -p "$plans" -f $folds -o "$ctx/model"
 cp "$here/Dockerfile" "$ctx/Dockerfile"
 echo "build context: $ctx"
 [ -z "$context_only" ] || exit 0
@@ -54,7 +61,7 @@ echo "build context: $ctx"
 if [ -z "$engine" ]; then
   if command -v docker >/dev/null 2>&1; then engine=docker; else engine=podman; fi
 fi
-build_args=()
+build_args=(--build-arg "INPUT_SLUGS=$input_slugs" --build-arg "OUTPUT_SLUG=$output_slug")
 [ -z "$base" ] || build_args+=(--build-arg "BASE_IMAGE=$base")
 if [ "$engine" = buildah ]; then
   buildah bud --isolation chroot "${build_args[@]}" -t "$tag" "$ctx"

@@ -1,5 +1,5 @@
-"""``sam_nnunet`` command line: environment, dataset conversion, SAM plans, the CPU demo, cross-validation
-and evaluation reports."""
+"""``sam_nnunet`` command line: environment, dataset conversion, SAM plans, the CPU demo, cross-validation,
+evaluation reports and inference-only model export."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +37,16 @@ def cmd_plans(args: argparse.Namespace) -> int:
 
     out = write_sam_plans(args.dataset, args.preset, args.source_plans)
     print(f"wrote {out}  (use: nnUNetv2_train ... -p {out.stem})")
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from sam_nnunet.export import export_from_results
+
+    folds = [f if f == "all" else int(f) for f in args.folds]
+    out = export_from_results(args.dataset, args.configuration, args.trainer, args.plans, folds, args.out,
+                              args.checkpoint)
+    print(f"exported folds {args.folds} for inference: {out}")
     return 0
 
 
@@ -111,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--processes", type=int, default=2)
     dm.add_argument("--seed", type=int, default=0)
     dm.set_defaults(func=cmd_demo)
+
+    ex = sub.add_parser("export-model", help="copy a trained model for inference only (weights, plans, dataset.json)",
+                        description="Writes OUT/DatasetXXX/TRAINER__PLANS__CONFIG with plans.json, dataset.json and "
+                                    "fold_X/checkpoint_final.pth reduced to what nnUNetv2_predict reads (no optimizer "
+                                    "state, logs or debug.json). Reads $nnUNet_results.")
+    ex.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
+    ex.add_argument("-c", "--configuration", required=True)
+    ex.add_argument("-tr", "--trainer", required=True)
+    ex.add_argument("-p", "--plans", default="nnUNetPlans")
+    ex.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"])
+    ex.add_argument("-o", "--out", required=True, help="output folder (the model folder inside must not exist)")
+    ex.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint to export from each fold")
+    ex.set_defaults(func=cmd_export_model)
 
     from sam_nnunet.datasets.commands import register as register_converters
     from sam_nnunet.evaluation.commands import register as register_evaluation

@@ -15,18 +15,27 @@ def test_dockerfile_lints_clean_with_hadolint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_build_script_assembles_context_with_project_and_exported_model(trained_model, tmp_path):
+def test_build_script_assembles_committed_project_and_inference_only_model(trained_model, tmp_path):
     model_dir, env = trained_model
+    # a clone with an uncommitted edit: the context must hold the committed file, and the script must say so
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(DOCKER.parent), str(repo)], check=True)
+    edited = repo / "sam_nnunet" / "submission.py"
+    committed = edited.read_text()
+    edited.write_text(committed + "\n# uncommitted\n")
     ctx = tmp_path / "ctx"
-    proc = subprocess.run(["bash", str(DOCKER / "build.sh"), "-d", "27", "-c", "2d", "-tr", "HSPSAMTrainer_1epoch",
-                           "-p", "nnUNetPlans_SAMcpu", "-f", "0", "--context-only", str(ctx)],
+    proc = subprocess.run(["bash", str(repo / "docker" / "build.sh"), "-d", "27", "-c", "2d",
+                           "-tr", "HSPSAMTrainer_1epoch", "-p", "nnUNetPlans_SAMcpu", "-f", "0", "--context-only", str(ctx)],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "uncommitted changes are not in the image" in proc.stderr and "sam_nnunet/submission.py" in proc.stderr
+    assert (ctx / "src" / "sam_nnunet" / "submission.py").read_text() == committed
     assert (ctx / "Dockerfile").read_text() == (DOCKER / "Dockerfile").read_text()
     assert (ctx / "src" / "setup.py").is_file() and (ctx / "src" / "trainers" / "HSPSAMTrainer.py").is_file()
+    assert not (ctx / "src" / "tests").exists() and not list(ctx.rglob("__pycache__"))
     model = ctx / "model" / "Dataset027_ACDC" / "HSPSAMTrainer_1epoch__nnUNetPlans_SAMcpu__2d"
-    assert (model / "fold_0" / "checkpoint_final.pth").is_file() and (model / "plans.json").is_file()
-    assert not list(ctx.rglob("__pycache__"))
+    assert sorted(str(p.relative_to(ctx / "model")) for p in (ctx / "model").rglob("*") if p.is_file()) == [
+        f"{model.relative_to(ctx / 'model')}/{f}" for f in ("dataset.json", "fold_0/checkpoint_final.pth", "plans.json")]
     # a second run never writes into a non-empty context folder
     again = subprocess.run(["bash", str(DOCKER / "build.sh"), "-d", "27", "-c", "2d", "--context-only", str(ctx)],
                            env=env, capture_output=True, text=True)

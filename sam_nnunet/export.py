@@ -1,0 +1,96 @@
+"""A trained model packed for inference only: what ``nnUNetPredictor`` reads, and nothing else.
+
+``sam_nnunet export-model -d 27 -c 2d -tr HSPSAMTrainer -p nnUNetPlans_SAMvitb -f 0 1 2 3 4 -o DIR`` writes
+``DIR/DatasetXXX_Name/TRAINER__PLANS__CONFIG/`` with
+
+* ``plans.json`` and ``dataset.json`` (they carry the network class and its arguments);
+* ``fold_X/checkpoint_final.pth`` holding only ``network_weights``, ``trainer_name``,
+  ``inference_allowed_mirroring_axes``, ``current_epoch`` and ``init_args`` reduced to
+  ``configuration`` and ``fold``.
+
+Why not ``nnUNetv2_export_model_to_zip`` as it is: it ships what training needs to resume (optimizer
+state and grad scaler: about twice the weights again for a fully trained ViT), ``debug.json`` (host
+paths, the machine's hostname and GPU), the training log and plots. A submission image needs none of
+it, and host paths should not leave the machine. The list here is an allow-list, so whatever nnU-Net
+adds to its checkpoints later stays out too. The slim checkpoint holds only tensors, strings and
+numbers, so it also loads with ``torch.load(..., weights_only=True)``.
+
+Nothing existing is overwritten: the destination model folder must not exist.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+Fold = Union[int, str]
+INFERENCE_KEYS = ("network_weights", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")
+
+
+def slim_checkpoint(checkpoint: dict) -> dict:
+    """The entries of an nnU-Net training checkpoint that prediction reads."""
+    missing = [k for k in ("network_weights", "trainer_name", "init_args") if k not in checkpoint]
+    if missing:
+        raise ValueError(f"not an nnU-Net training checkpoint: it lacks {missing}")
+    slim = {k: checkpoint[k] for k in INFERENCE_KEYS if k in checkpoint}
+    slim["init_args"] = {k: checkpoint["init_args"][k] for k in ("configuration", "fold")
+                         if k in checkpoint["init_args"]}
+    if isinstance(slim.get("inference_allowed_mirroring_axes"), list):
+        slim["inference_allowed_mirroring_axes"] = tuple(slim["inference_allowed_mirroring_axes"])
+    return slim
+
+
+def export_model(model_folder: Union[str, os.PathLike], out_root: Union[str, os.PathLike], folds: Sequence[Fold],
+                 checkpoint_name: str = "checkpoint_final.pth") -> Path:
+    """Copy ``model_folder`` (``.../DatasetXXX/TRAINER__PLANS__CONFIG``) for inference into ``out_root``.
+
+    Returns the new model folder ``out_root/DatasetXXX/TRAINER__PLANS__CONFIG``.
+    """
+    src = Path(model_folder)
+    for name in ("plans.json", "dataset.json"):
+        if not (src / name).is_file():
+            raise FileNotFoundError(f"{src} is not a trained nnU-Net model folder: {name} is missing")
+    folds = list(folds)
+    if not folds:
+        raise ValueError("give at least one fold to export")
+    sources = {f: src / f"fold_{f}" / checkpoint_name for f in folds}
+    absent = [str(p) for p in sources.values() if not p.is_file()]
+    if absent:
+        raise FileNotFoundError(f"no {checkpoint_name} for the requested folds: {absent}. Finish their training "
+                                f"(nnUNetv2_train ... --c) or export other folds.")
+    dest = Path(out_root) / src.parent.name / src.name
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists; not overwriting it. Choose an empty output folder.")
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for name in ("plans.json", "dataset.json"):
+            shutil.copyfile(src / name, tmp / name)
+        for fold, path in sources.items():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # this project's own training output
+            (tmp / f"fold_{fold}").mkdir()
+            torch.save(slim_checkpoint(checkpoint), tmp / f"fold_{fold}" / "checkpoint_final.pth")
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def export_from_results(dataset: str, configuration: str, trainer: str, plans: str, folds: Sequence[Fold],
+                        out_root: Union[str, os.PathLike], checkpoint_name: str = "checkpoint_final.pth",
+                        results: Optional[str] = None) -> Path:
+    """:func:`export_model` for a model in ``$nnUNet_results``, named as for ``nnUNetv2_predict``."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    root = results or os.environ.get("nnUNet_results")
+    if not root:
+        raise ValueError("nnUNet_results is not set: export it as for nnUNetv2_predict")
+    model = Path(root) / maybe_convert_to_dataset_name(dataset) / f"{trainer}__{plans}__{configuration}"
+    if not model.is_dir():
+        raise FileNotFoundError(f"no trained model at {model} (check -d, -c, -tr, -p)")
+    return export_model(model, out_root, folds, checkpoint_name)
