@@ -28,7 +28,7 @@ def test_export_keeps_only_what_inference_reads(trained_model, tmp_path):
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True)  # never over an existing export
     assert again.returncode == 2 and "already exists; not overwriting it" in again.stderr
-    missing = subprocess.run(cmd[:-4] + ["3", "-o", str(tmp_path / "other")], env=env, capture_output=True, text=True)
+    missing = subprocess.run(cmd[:-3] + ["3", "-o", str(tmp_path / "other")], env=env, capture_output=True, text=True)
     assert missing.returncode == 2 and "fold_3/checkpoint_final.pth" in missing.stderr
     assert not (tmp_path / "other" / "Dataset027_ACDC" / model_dir.name).exists()
 
