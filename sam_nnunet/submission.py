@@ -417,35 +417,13 @@ def predict_case(predictor, images, case: Case) -> None:
     write_atomically(images, seg, properties, case.output)
 
 
-def find_trainer_class(name: str):
-    """The trainer class called ``name``: this project's trainers first, then nnU-Net's own lookup.
-
-    nnU-Net's ``recursive_find_trainer_class_by_name`` imports every trainer module of nnunetv2 before it
-    looks at ``nnUNet_extTrainer``, and some of those import timm and with it torchvision. Prediction needs
-    neither, and a torchvision that does not match the image's torch (what pip installs next to a CPU build
-    of torch, which PyPI does not have) fails to import, taking the entrypoint down with it. Looking in our
-    folder first keeps the submission independent of torchvision, and starts faster.
-    """
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    from sam_nnunet import trainers_folder
-
-    ours = recursive_find_python_class(trainers_folder(), name, "sam_nnunet.trainers")
-    return ours if ours is not None else recursive_find_trainer_class_by_name(name)
-
-
 def make_predictor(model_dir: Path, folds: Optional[Sequence], mirroring: bool, device: str, checkpoint: str):
     from sam_nnunet import trainers_folder
 
     # nnU-Net looks the trainer class up by name; ours live in the installed trainers/ folder
     os.environ.setdefault("nnUNet_extTrainer", trainers_folder())
-    import nnunetv2.inference.predict_from_raw_data as nnunet_predict
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    # the predictor calls this module-level name when it rebuilds the network (see find_trainer_class)
-    nnunet_predict.recursive_find_trainer_class_by_name = find_trainer_class
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

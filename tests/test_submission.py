@@ -32,16 +32,10 @@ KVASIR_TRAINING_PAIRS = 6  # nnU-Net's 5-fold split needs at least 5 cases
 UUID_A, UUID_B = "2f8e0c1a-5b9d-4c3e-8a71-0d6f4e2b9c10", "9a41d7e2-3c58-4f06-b1e9-7c2d5a8f3e64"
 
 
-# ``python -m sam_nnunet.submission`` with torchvision and timm unimportable: the image installs whatever
-# torchvision pip finds for the base image's torch, which need not import (see submission.find_trainer_class)
-ENTRYPOINT_WITHOUT_TORCHVISION = ("import sys; sys.modules.update(torchvision=None, timm=None); "
-                                  "from sam_nnunet.submission import main; sys.exit(main(sys.argv[1:]))")
-
-
 def run_entrypoint(*args, env=None):
     env = {k: v for k, v in (env or os.environ).items() if k != "nnUNet_extTrainer"}  # it must find our trainers
-    return subprocess.run([sys.executable, "-c", ENTRYPOINT_WITHOUT_TORCHVISION, *args], capture_output=True,
-                          text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "sam_nnunet.submission", *args], capture_output=True, text=True,
+                          env=env)
 
 
 def checksums(folder):
