@@ -63,8 +63,11 @@ if [ -z "$engine" ]; then
 fi
 build_args=(--build-arg "INPUT_SLUGS=$input_slugs" --build-arg "OUTPUT_SLUG=$output_slug")
 [ -z "$base" ] || build_args+=(--build-arg "BASE_IMAGE=$base")
+# docker format: OCI images drop the Dockerfile's SHELL (pipefail) in buildah and podman
 if [ "$engine" = buildah ]; then
-  buildah bud --isolation chroot "${build_args[@]}" -t "$tag" "$ctx"
+  buildah bud --isolation chroot --format docker "${build_args[@]}" -t "$tag" "$ctx"
+elif [ "$engine" = podman ]; then
+  podman build --format docker "${build_args[@]}" -t "$tag" "$ctx"
 else
   "$engine" build "${build_args[@]}" -t "$tag" "$ctx"
 fi
