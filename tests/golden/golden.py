@@ -7,6 +7,7 @@ HERE = Path(__file__).resolve().parent
 MODEL = HERE / "model"
 MODEL_FOLDER = MODEL / "Dataset027_ACDC" / "HSPSAMTrainer_20epochs__nnUNetPlans_SAMcpu__2d"
 REFERENCE = HERE / "reference"
+ACDC = Path(os.environ.get("SAM_NNUNET_ACDC", HERE.parents[2] / "shared" / "data" / "ACDC"))
 #: sam_nnunet demo --patients 20 --holdout 2 holds out the last 2 of the first 20 patients (sorted)
 TRAINED_ON, HELD_OUT = 20, 2
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from golden import MODEL, REFERENCE, held_out_cases, predict  # noqa: E402
+from golden import ACDC, MODEL, REFERENCE, held_out_cases, predict  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="new folder for the demo run")
-    p.add_argument("--acdc", default=str(HERE.parents[2] / "shared" / "data" / "ACDC"))
+    p.add_argument("--acdc", default=str(ACDC))
     args = p.parse_args()
     work = Path(args.work)
     subprocess.run(["sam_nnunet", "demo", "-i", args.acdc, "--out", str(work), "--patients", "20", "--holdout", "2",

@@ -4,8 +4,7 @@ window, or this project's networks is caught. After an intended change: ``python
 """
 import numpy as np
 import SimpleITK as sitk
-from conftest import ACDC
-from golden import MODEL_FOLDER, REFERENCE, held_out_cases, predict
+from golden import ACDC, MODEL_FOLDER, REFERENCE, held_out_cases, predict
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
