@@ -10,6 +10,8 @@ import tifffile
 
 from sam_nnunet.image_checks import ImageCheckError, check_complete, grid_difference, read_header
 
+pytestmark = pytest.mark.faults
+
 ACDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ACDC"
 
 

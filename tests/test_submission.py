@@ -311,6 +311,7 @@ def test_cases_are_all_checked_first_then_predicted_one_at_a_time(volume_model, 
     assert [p.name for p in written] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
 
 
+@pytest.mark.faults
 def test_masks_are_written_under_a_temporary_name_and_renamed(volume_model, inputs, tmp_path, monkeypatch,
                                                               in_process):
     out = tmp_path / "output"
@@ -329,6 +330,7 @@ def test_masks_are_written_under_a_temporary_name_and_renamed(volume_model, inpu
     assert files_under(out) == ["caseA.nii.gz", "caseB.nii", "caseC.mha"]
 
 
+@pytest.mark.faults
 def test_existing_masks_are_kept_unless_overwrite(volume_model, inputs, tmp_path, in_process, capsys):
     out = tmp_path / "output"
     out.mkdir()
@@ -480,6 +482,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("model_fixture, build, message", BAD_INPUTS)
 def test_bad_input_stops_the_run_before_anything_is_written(model_fixture, build, message, request, held_out_crops,
                                                             kvasir_photo, tmp_path, in_process, capsys,
@@ -499,6 +502,7 @@ def test_bad_input_stops_the_run_before_anything_is_written(model_fixture, build
     assert checksums(inp) == before
 
 
+@pytest.mark.faults
 def test_empty_input_folder(volume_model, tmp_path, in_process, capsys):
     (tmp_path / "in").mkdir()
     rc, _, err = call_main(capsys, "--model", str(volume_model), "--input", str(tmp_path / "in"),
@@ -506,6 +510,7 @@ def test_empty_input_folder(volume_model, tmp_path, in_process, capsys):
     assert rc == 2 and "holds no .nii.gz, .nii, .mha files (for the grand-challenge layout" in err
 
 
+@pytest.mark.faults
 def test_unreadable_file_stops_before_writing_anything(exported_model, inputs, tmp_path):
     (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really")
     before = checksums(inputs)
@@ -515,6 +520,7 @@ def test_unreadable_file_stops_before_writing_anything(exported_model, inputs, t
     assert not (tmp_path / "out").exists() and checksums(inputs) == before
 
 
+@pytest.mark.faults
 def test_output_inside_input_is_refused(volume_model, inputs, in_process, capsys):
     before = checksums(inputs)
     rc, _, err = call_main(capsys, "--model", str(volume_model), "--input", str(inputs), "--output",

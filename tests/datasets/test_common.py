@@ -13,6 +13,8 @@ import sam_nnunet.datasets.acdc as acdc_module
 from sam_nnunet.datasets.acdc import convert_acdc, patient_grouped_splits
 from sam_nnunet.datasets.isic import convert_isic
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def umask():

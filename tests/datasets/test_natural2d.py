@@ -10,6 +10,8 @@ from sam_nnunet.datasets.cvc import convert_cvc
 from sam_nnunet.datasets.isic import convert_isic
 from sam_nnunet.datasets.kvasir import convert_kvasir
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.mark.parametrize("folder, what", [("images", "image"), ("masks", "mask")])
 def test_truncated_kvasir_jpeg_is_named_and_nothing_is_written(kvasir, refused, make, folder, what):
@@ -33,7 +35,7 @@ def test_truncation_is_caught_even_when_another_library_allows_truncated_images(
 @pytest.mark.parametrize("folder, what", [("Original", "image"), ("Ground Truth", "mask")])
 def test_truncated_cvc_tiff_or_png_is_caught(cvc, refused, make, ext, folder, what):
     source = cvc(ext)
-    bad = make.truncated(source / folder / f"10{ext}")  # frame 10 is converted last
+    make.truncated(source / folder / f"10{ext}")  # frame 10 is converted last
     refused(lambda: convert_cvc(source, verbose=False), source,
             rf"{what} .*{folder}/10{re.escape(ext)} is truncated or corrupt")
 

@@ -75,7 +75,7 @@ def test_report_on_a_fold_of_crossval_equals_nnunets_dice(first_run, acdc_prepro
     gt = acdc_preprocessed["nnUNet_preprocessed"] / "Dataset027_ACDC" / "gt_segmentations"
     validation = model / "fold_0" / "validation"
     assert main(["report", "--gt", str(gt), "--pred", str(validation), "-o", str(tmp_path)]) == 0
-    assert "8 references without prediction" in capsys.readouterr().out  # 10 training volumes, 2 validated
+    assert "8 reference cases without a prediction" in capsys.readouterr().out  # 10 training volumes, 2 validated
 
     nnunet = json.loads((validation / "summary.json").read_text())
     import csv

@@ -198,6 +198,7 @@ def test_report_states_unpredicted_references_by_default(one_missing, tmp_path, 
     assert {r["case"] for r in read_csv(out / "per_case.csv")} == set(names)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("option", [["--require-all"], ["--missing", "error"]])
 def test_report_require_all_names_unpredicted_cases_and_writes_nothing(one_missing, tmp_path, capsys, option):
     gt, preds, names, lacking = one_missing
@@ -265,6 +266,7 @@ def without_monai(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
 
 
+@pytest.mark.faults
 def test_report_without_monai_stops_before_writing(cases, tmp_path, capsys, without_monai):
     gt, preds, names = cases
     out = tmp_path / "report"

@@ -76,6 +76,7 @@ def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
         read_sam_state_dict(tmp_path / "nope.pth")
 
 
+@pytest.mark.faults
 def test_corrupt_checkpoint_is_a_clear_error(official_sam, tmp_path, small_encoder):
     _, sd = official_sam()
     full = save(sd, tmp_path / "full.pth").read_bytes()
@@ -158,6 +159,7 @@ SAM2_HIERA_T_KEYS = {
 }
 
 
+@pytest.mark.faults
 def test_sam2_checkpoint_is_named(tmp_path, small_encoder):
     state = {"model": {k: torch.randn(shape) for k, shape in SAM2_HIERA_T_KEYS.items()}}
     path = save(state, tmp_path / "sam2.1_hiera_tiny.pt")
@@ -185,6 +187,9 @@ def _hsp_sam_lora_file(sd, small_encoder):
     return {k: v for k, v in net.state_dict().items() if "lora_" in k}
 
 
+@pytest.mark.faults
+@pytest.mark.faults
+@pytest.mark.faults
 @pytest.mark.parametrize("layout, holds", [
     (_samed_lora_file, r"holds LoRA factors \(16 tensors, e.g. w_a_000, w_a_001, w_a_002\) and 137 other tensors "
                        r"\(mask_decoder.\*, prompt_encoder.\*\)"),
@@ -271,6 +276,7 @@ def test_nnunet_training_checkpoint_is_named(tmp_path, numpy_log):
         read_sam_state_dict(path)
 
 
+@pytest.mark.faults
 def test_foreign_pickled_objects_are_identified_without_running_them(tmp_path):
     marker = tmp_path / "code_ran"
     path = _nnunet_checkpoint(tmp_path / "checkpoint_best.pth", numpy_log=True, canary=marker)

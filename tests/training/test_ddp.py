@@ -14,6 +14,7 @@ end with identical parameters, keep the frozen checkpoint tensors unchanged and 
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -105,12 +106,14 @@ def _assert_ranks_agree_and_frozen_stay(result, steps):
     assert result["trained_changed"] >= 0.9 * result["n_trainable"]
 
 
+@pytest.mark.faults
 def test_hsp_sam_with_checkpoint_trains_under_ddp(acdc_env, tmp_path, official_sam):
     result = _run(acdc_env, tmp_path, official_sam, "HSPSAMTrainer_5epochs", "2d", phases=[0])
     _assert_ranks_agree_and_frozen_stay(result, STEPS)
     assert all(n.startswith("encoder.") and "lora_" not in n for n in result["frozen"])
 
 
+@pytest.mark.faults
 def test_self_prompt_sam_with_checkpoint_trains_under_ddp_in_warmup_and_full_phase(acdc_env, tmp_path, official_sam):
     # 5 epochs: epoch 0 is the generator warm-up, epoch 1 the full loss
     result = _run(acdc_env, tmp_path, official_sam, "SelfPromptSAMTrainer_5epochs", "2d", phases=[0, 1])

@@ -12,6 +12,8 @@ from nnunetv2.run.run_training import get_trainer_from_args
 from sam_nnunet.training.safeguards import NonFiniteGuard, SaveSchedule
 from sam_nnunet.training.sam_trainer import RUN_INFO_FILE, TrainingDiverged
 
+pytestmark = pytest.mark.faults
+
 CPU = torch.device("cpu")
 
 
