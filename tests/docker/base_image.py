@@ -18,9 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Optional
 
 TAG = "localhost/sam-nnunet-test-base:bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -54,13 +52,16 @@ def torch_requirements() -> list:
     return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "torchvision")]
 
 
-def ensure_base_image(tag: str = TAG, workdir: Optional[Path] = None) -> str:
-    """Build the base image unless buildah already holds ``tag``; returns the tag."""
+def ensure_base_image(tag: str = TAG) -> str:
+    """Build the base image unless buildah already holds ``tag``; returns the tag.
+
+    The root file system is made directly in the mounted working container (no copy of its 6 GB).
+    """
     if image_exists(tag):
         return tag
-    work = Path(tempfile.mkdtemp(prefix="sam-base-", dir=workdir))
-    root = work / "rootfs"
+    container = run(["buildah", "from", "scratch"])
     try:
+        root = Path(run(["buildah", "mount", container]))
         run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm",
              str(root), MIRROR])
         shutil.copyfile(HOST_CA, root / "etc/ssl/certs/ca-certificates.crt")
@@ -73,16 +74,11 @@ def ensure_base_image(tag: str = TAG, workdir: Optional[Path] = None) -> str:
              "--find-links", "/tmp/wheels", *torch_requirements()],
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "PIP_CONFIG_FILE": "/dev/null"})
         shutil.rmtree(wheels)
-        container = run(["buildah", "from", "scratch"])
-        try:
-            mount = run(["buildah", "mount", container])
-            run(["cp", "-a", f"{root}/.", mount])
-            run(["buildah", "umount", container])
-            run(["buildah", "config", "--env", "PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                 "--env", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "--cmd", "python3", container])
-            run(["buildah", "commit", "-q", container, tag])
-        finally:
-            subprocess.run(["buildah", "rm", container], capture_output=True)
+        shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+        run(["buildah", "umount", container])
+        run(["buildah", "config", "--env", "PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "--env", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "--cmd", "python3", container])
+        run(["buildah", "commit", "-q", container, tag])
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["buildah", "rm", container], capture_output=True)
     return tag
