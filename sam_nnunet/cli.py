@@ -63,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     env = dict(os.environ, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(out / "nnUNet_preprocessed"),
                nnUNet_results=str(out / "nnUNet_results"), nnUNet_extTrainer=trainers_folder(),
-               nnUNet_n_proc_DA=str(args.processes), nnUNet_compile="false",
+               nnUNet_n_proc_DA=str(args.processes), nnUNet_def_n_proc=str(args.processes), nnUNet_compile="false",
                SAM_NNUNET_ITERATIONS_PER_EPOCH=str(args.iterations), SAM_NNUNET_SEED=str(args.seed),
                SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=str(max(1, args.iterations // 5)))
     d = str(args.dataset_id)

@@ -6,6 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+# nnU-Net's worker pools (validation export, metrics, preprocessing) default to 8 spawned processes, each
+# importing torch: on 2 cores that is most of a 1-epoch test run. Read by nnunetv2 at import; inherited by
+# every nnUNetv2_* subprocess the tests start.
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ACDC = Path(os.environ.get("SAM_NNUNET_ACDC", SHARED / "ACDC"))
 
