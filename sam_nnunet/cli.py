@@ -1,5 +1,5 @@
 """``sam_nnunet`` command line: environment, dataset conversion, SAM plans, the CPU demo, cross-validation,
-evaluation reports and inference-only model export."""
+evaluation reports, inference-only model export and encoder export."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +47,17 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     out = export_from_results(args.dataset, args.configuration, args.trainer, args.plans, folds, args.out,
                               args.checkpoint)
     print(f"exported folds {args.folds} for inference: {out}")
+    return 0
+
+
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    from sam_nnunet.export_encoder import export_encoder_from_results
+
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    out = export_encoder_from_results(args.dataset, args.configuration, args.trainer, args.plans, fold, args.out,
+                                      args.checkpoint)
+    print(f"wrote the image encoder of fold {args.fold} in SAM's checkpoint layout: {out}\n"
+          f"use it as pretrained weights: SAM_NNUNET_CHECKPOINT={out} nnUNetv2_train ...")
     return 0
 
 
@@ -134,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--out", required=True, help="output folder (the model folder inside must not exist)")
     ex.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint to export from each fold")
     ex.set_defaults(func=cmd_export_model)
+
+    ee = sub.add_parser("export-encoder", help="write a trained fold's image encoder as a SAM checkpoint",
+                        description="Writes the fold's ViT and neck (LoRA merged) under official SAM checkpoint keys, "
+                                    "loadable by every trainer through SAM_NNUNET_CHECKPOINT. Reads $nnUNet_results.")
+    ee.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
+    ee.add_argument("-c", "--configuration", required=True)
+    ee.add_argument("-tr", "--trainer", required=True)
+    ee.add_argument("-p", "--plans", default="nnUNetPlans")
+    ee.add_argument("-f", "--fold", default="0")
+    ee.add_argument("-o", "--out", required=True, help="output .pth file (must not exist)")
+    ee.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint of the fold to read")
+    ee.set_defaults(func=cmd_export_encoder)
 
     from sam_nnunet.datasets.commands import register as register_converters
     from sam_nnunet.evaluation.commands import register as register_evaluation

@@ -81,10 +81,8 @@ def export_model(model_folder: Union[str, os.PathLike], out_root: Union[str, os.
     return dest
 
 
-def export_from_results(dataset: str, configuration: str, trainer: str, plans: str, folds: Sequence[Fold],
-                        out_root: Union[str, os.PathLike], checkpoint_name: str = "checkpoint_final.pth",
-                        results: Optional[str] = None) -> Path:
-    """:func:`export_model` for a model in ``$nnUNet_results``, named as for ``nnUNetv2_predict``."""
+def model_folder(dataset: str, configuration: str, trainer: str, plans: str, results: Optional[str] = None) -> Path:
+    """``$nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIG``, named as for ``nnUNetv2_predict``; must exist."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     root = results or os.environ.get("nnUNet_results")
@@ -93,4 +91,12 @@ def export_from_results(dataset: str, configuration: str, trainer: str, plans: s
     model = Path(root) / maybe_convert_to_dataset_name(dataset) / f"{trainer}__{plans}__{configuration}"
     if not model.is_dir():
         raise FileNotFoundError(f"no trained model at {model} (check -d, -c, -tr, -p)")
-    return export_model(model, out_root, folds, checkpoint_name)
+    return model
+
+
+def export_from_results(dataset: str, configuration: str, trainer: str, plans: str, folds: Sequence[Fold],
+                        out_root: Union[str, os.PathLike], checkpoint_name: str = "checkpoint_final.pth",
+                        results: Optional[str] = None) -> Path:
+    """:func:`export_model` for a model in ``$nnUNet_results``, named as for ``nnUNetv2_predict``."""
+    return export_model(model_folder(dataset, configuration, trainer, plans, results), out_root, folds,
+                        checkpoint_name)

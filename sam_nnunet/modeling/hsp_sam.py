@@ -13,9 +13,26 @@ Composition (each part its own module):
 
 Levels are numbered 1..N from the shallowest global block; level 1 gives the prediction.
 
-Ablation switches (paper Table 5): ``qa_prompts`` (Q&A pairs), ``hierarchical`` (N decoders; off:
-one decoder on the last embedding, i.e. fine-tuned SAM / Ablation_1), ``skip_connections`` (the
-``+ output_N`` term; off: output_i = Decoder_i(output_{i+1} + neck_i(embedding_i), A_i)).
+Ablation switches (paper Table 5, rows in ``trainers/HSPSAMTrainer.py``): ``qa_prompts`` (Q&A pairs),
+``hierarchical`` (N decoders; off: one decoder on the last embedding), ``skip_connections`` (the
+``+ output_N`` term; off: output_i = Decoder_i(output_{i+1} + neck_i(embedding_i), A_i)) and
+``lora_rank`` (0: no LoRA, the encoder is fine-tuned in full even when pretrained: Table 5's Ft-SAM).
+
+Where Q_j enters the encoder (``q_prompts_at``; section 3.3 says the Q-prompts "are concatenated with
+the input of the image encoder", section 3.4 gives each global layer j its own Q_j):
+
+* ``"blocks"`` (default): Q_j joins the tokens of global block j only and is dropped at its output
+  (VPT-deep style). Each level's Q_j then acts where its embedding_j is taken, which is what the
+  per-layer sets of section 3.4 are for; with ``hierarchical`` off the single Q set prompts the last
+  global block.
+* ``"input"``: all Q_1..Q_N (N*c tokens) are concatenated with the encoder's input tokens once and
+  carried through the encoder (VPT-shallow style, the literal reading of section 3.3). SAM's
+  windowed blocks have no window for prompt tokens, so they pass there unchanged and are updated by
+  every global block. A_j = MLP_j(f_j(Q_j)) still comes from the learnable Q_j (Eq. 2).
+
+The default stays ``"blocks"``: it is the reading under which the per-layer Q_j of Eq. 2 differ in
+role, it needs no choice about windowed blocks, and it is the variant every recorded figure used; no
+run here was long enough to rank the two (``HSPSAMTrainer_QInput`` trains the other).
 
 nnU-Net integration choices:
 
@@ -61,6 +78,7 @@ class HSPSAM(nn.Module):
         lora_rank: int = 32,
         lora_targets: Sequence[str] = ("qkv",),
         qa_prompts: bool = True,
+        q_prompts_at: str = "blocks",
         hierarchical: bool = True,
         skip_connections: bool = True,
         deep_supervision: bool = True,
@@ -72,11 +90,17 @@ class HSPSAM(nn.Module):
             img_size: patch size (H, W) of one slice; padded up to a multiple of 16 internally.
             encoder: name in ``registry.ENCODERS`` (vit_b, vit_l, vit_h, vit_small, vit_tiny).
             num_prompts: Q&A pairs per level (default: segmentation targets, ``num_classes - 1``, at least 1).
-            lora_rank / lora_targets: LoRA on every encoder block (rank 32, qkv in the paper's setup).
+            lora_rank / lora_targets: LoRA on every encoder block (rank 32, qkv in the paper's setup);
+                rank 0: no LoRA, and the encoder is trained in full even with a checkpoint (Ft-SAM).
             qa_prompts / hierarchical / skip_connections: the paper's ablation switches.
+            q_prompts_at: "blocks" (Q_j at global block j) or "input" (all Q at the encoder input).
             deep_supervision: return all levels' logits (list) instead of only level 1's.
         """
         super().__init__()
+        if q_prompts_at not in ("blocks", "input"):
+            raise ValueError(f"q_prompts_at must be 'blocks' or 'input', got {q_prompts_at!r}")
+        if lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA, encoder fine-tuned in full), got {lora_rank}")
         cfg = get_encoder_config(encoder)
         self.encoder_name = encoder
         self.num_input_channels = num_input_channels
@@ -85,12 +109,15 @@ class HSPSAM(nn.Module):
         self.hierarchical = hierarchical
         self.skip_connections = skip_connections
         self.deep_supervision = deep_supervision
+        self.q_prompts_at = q_prompts_at
+        self.lora_rank = lora_rank
         self.encoder = SAMImageEncoder(
             img_size=padded_size(img_size, cfg.patch_size), patch_size=cfg.patch_size, in_chans=num_input_channels,
             embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, window_size=cfg.window_size,
             global_attn_indexes=cfg.global_attn_indexes,
         )
-        apply_lora(self.encoder.blocks, rank=lora_rank, targets=lora_targets)
+        if lora_rank > 0:
+            apply_lora(self.encoder.blocks, rank=lora_rank, targets=lora_targets)
 
         self.num_levels = len(cfg.global_attn_indexes) if hierarchical else 1
         self.num_prompts = num_prompts if num_prompts is not None else max(num_classes - 1, 1)
@@ -159,7 +186,10 @@ class HSPSAM(nn.Module):
         q = a = None
         if self.prompts is not None:
             q, a = map(list, zip(*(p() for p in self.prompts)))
-        embeddings = self.encoder(x, self._encoder_prompts(q) if q is not None else None)
+        if q is not None and self.q_prompts_at == "input":
+            embeddings = self.encoder(x, input_prompts=torch.cat(q, dim=0))
+        else:
+            embeddings = self.encoder(x, self._encoder_prompts(q) if q is not None else None)
         _, masks = self.decode(embeddings[-self.num_levels:], a, all_masks=self.deep_supervision)
 
         out = []
@@ -176,9 +206,28 @@ class HSPSAM(nn.Module):
         """Freeze the encoder tensors the checkpoint supplied (the paper: encoder frozen, LoRA trained).
 
         LoRA factors and encoder tensors the file lacked (``report.not_supplied``) are trained; necks,
-        prompts and decoders always train. Returns (frozen, trainable) encoder parameter counts.
+        prompts and decoders always train. Without LoRA (``lora_rank=0``, Ft-SAM) nothing is frozen.
+        Returns (frozen, trainable) encoder parameter counts.
         """
+        if self.lora_rank == 0:
+            return 0, sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
         return freeze_supplied(self, report, prefix="encoder.")
+
+    def trainable_parts(self) -> dict:
+        """Trainable parameter count per part (what Table 5's "Params" column counts)."""
+        parts = {"encoder (LoRA)": 0, "encoder (other)": 0, "necks": 0, "qa_prompts": 0, "decoders": 0}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("encoder."):
+                parts["encoder (LoRA)" if ".lora_" in name else "encoder (other)"] += p.numel()
+            elif name.startswith("necks."):
+                parts["necks"] += p.numel()
+            elif name.startswith("prompts."):
+                parts["qa_prompts"] += p.numel()
+            else:
+                parts["decoders"] += p.numel()
+        return parts
 
     def sam_key_map(self, key: str) -> List[str]:
         """Where a tensor of an official SAM checkpoint goes in this network (empty: not used).

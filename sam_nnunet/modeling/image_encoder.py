@@ -14,7 +14,11 @@ differs from ``segment_anything.modeling.ImageEncoderViT``:
 * ``forward`` returns the output of every global-attention block (the ``embedding_j`` of HSP-SAM
   Eq. 2), not the neck output: HSP-SAM has one neck per level;
 * a global block can attend together with extra prompt tokens (HSP-SAM's Q-prompts,
-  :class:`PromptableBlock`).
+  :class:`PromptableBlock`), either given to that block alone and dropped at its output
+  (``forward(x, prompts=[...])``: one set per global block) or joined once to the encoder's input
+  tokens and carried through it (``forward(x, input_prompts=...)``): windowed blocks cannot attend
+  to tokens that have no place in a window, so there the prompt tokens pass unchanged and every
+  global block updates them (attention + MLP) together with the image tokens.
 """
 from __future__ import annotations
 
@@ -42,16 +46,23 @@ class PromptableBlock(Block):
         super().__init__(**block_kwargs)
 
     def forward(self, x: torch.Tensor, prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: B x H x W x C; prompts: c x C or None -> B x H x W x C."""
+        """x: B x H x W x C; prompts: c x C (or B x c x C) or None -> B x H x W x C (prompts dropped)."""
         if prompts is None:
             return super().forward(x)
+        return self.forward_with_prompts(x, prompts)[0]
+
+    def forward_with_prompts(self, x: torch.Tensor, prompts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x: B x H x W x C; prompts: c x C or B x c x C -> (B x H x W x C, updated prompts B x c x C)."""
         if self.window_size > 0:
             raise ValueError("prompt tokens are only supported in global-attention blocks")
         B, H, W, C = x.shape
-        tokens = torch.cat([x.reshape(B, H * W, C), prompts.to(x.dtype).unsqueeze(0).expand(B, -1, -1)], dim=1)
+        prompts = prompts.to(x.dtype)
+        if prompts.ndim == 2:
+            prompts = prompts.unsqueeze(0).expand(B, -1, -1)
+        tokens = torch.cat([x.reshape(B, H * W, C), prompts], dim=1)
         tokens = tokens + self._attend(self.norm1(tokens), (H, W))
         tokens = tokens + self.mlp(self.norm2(tokens))
-        return tokens[:, : H * W].reshape(B, H, W, C)
+        return tokens[:, : H * W].reshape(B, H, W, C), tokens[:, H * W:]
 
     def _attend(self, tokens: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
         """tokens: B x (H*W + c) x C (image tokens first) -> B x (H*W + c) x C."""
@@ -164,27 +175,36 @@ class SAMImageEncoder(nn.Module):
     def embed_dim(self) -> int:
         return self.pos_embed.shape[-1]
 
-    def forward(self, x: torch.Tensor, prompts: Optional[Sequence[Optional[torch.Tensor]]] = None
-                ) -> List[torch.Tensor]:
-        """x: B x in_chans x H x W; prompts: one (c x embed_dim or None) per global block.
+    def forward(self, x: torch.Tensor, prompts: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                input_prompts: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """x: B x in_chans x H x W.
 
+        Args:
+            prompts: one (c x embed_dim or None) per global block, used by that block only.
+            input_prompts: P x embed_dim tokens joined to the input tokens and carried through every
+                global block (windowed blocks pass them unchanged). At most one of the two.
         Returns the outputs of the blocks in ``out_indexes``, each B x H/16 x W/16 x embed_dim.
         """
         if prompts is not None and len(prompts) != len(self.global_attn_indexes):
             raise ValueError(f"expected {len(self.global_attn_indexes)} prompt sets, got {len(prompts)}")
-        return self.run_blocks(self.embed(x), prompts)
+        if prompts is not None and input_prompts is not None:
+            raise ValueError("give prompts per global block or input prompts, not both")
+        return self.run_blocks(self.embed(x), prompts, input_prompts)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding + absolute position: B x in_chans x H x W -> B x H/16 x W/16 x embed_dim."""
         x = self.patch_embed(x)
         return x + resize_pos_embed(self.pos_embed, tuple(x.shape[1:3]))
 
-    def run_blocks(self, x: torch.Tensor, prompts: Optional[Sequence[Optional[torch.Tensor]]] = None
-                   ) -> List[torch.Tensor]:
+    def run_blocks(self, x: torch.Tensor, prompts: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                   input_prompts: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """The transformer blocks on embedded tokens; returns the ``out_indexes`` outputs."""
         outputs: List[torch.Tensor] = []
+        carried = input_prompts
         for i, block in enumerate(self.blocks):
-            if prompts is not None and i in self.global_attn_indexes:
+            if i in self.global_attn_indexes and carried is not None:
+                x, carried = block.forward_with_prompts(x, carried)
+            elif prompts is not None and i in self.global_attn_indexes:
                 x = block(x, prompts[self.global_attn_indexes.index(i)])
             else:
                 x = block(x)

@@ -3,12 +3,14 @@
 A concrete trainer (``trainers/HSPSAMTrainer.py``) names its network class and default network
 arguments; everything else lives here once:
 
-* Architecture from plans. On construction the trainer writes its network class and resolved
-  arguments (encoder, patch size, number of prompts, ablation switches) into the configuration's
-  ``architecture`` entry. nnU-Net saves those plans next to the checkpoints, so
-  ``nnUNetv2_predict`` rebuilds the same network through :meth:`build_network_architecture`.
-  Defaults come from the trainer; a ``"sam_nnunet"`` block in a plans configuration (written by
-  ``sam_nnunet plans``) overrides them, e.g. ``{"encoder": "vit_tiny"}``.
+* Architecture from plans. On construction the trainer writes its network class, its own name and the
+  resolved arguments (encoder, patch size, number of prompts, ablation switches) into the
+  configuration's ``architecture`` entry of its own copy of the plans (the caller's dict is never
+  changed). nnU-Net saves those plans next to the checkpoints, so ``nnUNetv2_predict`` rebuilds the
+  same network through :meth:`build_network_architecture`. Recorded arguments are used only by the
+  trainer that recorded them (plans from an ``HSPSAMTrainer`` folder do not turn ``_noQA`` into the
+  full model); otherwise defaults come from the trainer and a ``"sam_nnunet"`` block in a plans
+  configuration (written by ``sam_nnunet plans``) overrides them, e.g. ``{"encoder": "vit_tiny"}``.
 * Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM) is loaded and the
   network's ``freeze_pretrained`` freezes what its paper freezes (HSP-SAM: the encoder except LoRA;
   Self-Prompt-SAM: every SAM weight), limited to the tensors the file supplied. This happens in
@@ -23,7 +25,9 @@ arguments; everything else lives here once:
 * Loss: nnU-Net's Dice + CE (or Dice + BCE for regions), weighted ``dice_weight`` / ``ce_weight``.
 * Deep supervision: the network reports the target scale of each of its outputs
   (``deep_supervision_scales``) and the trainer the loss weight of each (``deep_supervision_weights``);
-  output 0 is what validation and inference use.
+  output 0 is what validation and inference use. ``supervised_outputs = "final"`` puts the loss on
+  output 0 only (HSP-SAM's Eq. 3; its Table 5 rows); under DDP the other outputs keep a 1e-6 weight,
+  since DDP rejects parameters that get no gradient.
 * Non-finite steps (:mod:`sam_nnunet.training.safeguards`). AMP on CUDA (nnU-Net's autocast + GradScaler)
   skips overflowing updates; without AMP (CPU) an update with non-finite gradients is skipped too, so the
   weights stay finite. Each such step is logged; after ``SAM_NNUNET_MAX_NONFINITE`` (default 5) in a row
@@ -43,6 +47,7 @@ arguments; everything else lives here once:
 """
 from __future__ import annotations
 
+import copy
 import glob
 import inspect
 import json
@@ -75,6 +80,8 @@ SAVE_EVERY_ENV = "SAM_NNUNET_SAVE_EVERY"
 SAVE_MINUTES_ENV = "SAM_NNUNET_SAVE_MINUTES"
 MAX_NONFINITE_ENV = "SAM_NNUNET_MAX_NONFINITE"
 PLANS_OVERRIDE_KEY = "sam_nnunet"
+#: key of a configuration's "architecture" entry naming the trainer that recorded its arguments
+RECORDED_BY_KEY = "sam_nnunet_trainer"
 RUN_INFO_FILE = "sam_nnunet_run.json"
 
 
@@ -112,6 +119,8 @@ class SAMTrainerBase(nnUNetTrainer):
     optimizer_name: str = "AdamW"
     base_learning_rate: float = 3e-4
     base_weight_decay: float = 1e-2
+    #: "all": every network output is supervised (deep supervision weights); "final": output 0 only
+    supervised_outputs: str = "all"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -121,7 +130,8 @@ class SAMTrainerBase(nnUNetTrainer):
             random.seed(int(seed))
             np.random.seed(int(seed))
             torch.manual_seed(int(seed))
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        # our own copy: the architecture is recorded into it, and the caller may build other trainers from its dict
+        super().__init__(copy.deepcopy(plans), configuration, fold, dataset_json, device)
         if self.device.type == "cpu" and torch.set_flush_denormal(True):
             # attention softmax produces subnormal floats as it sharpens; CPU arithmetic on them is
             # many times slower (epochs grew from 10 s to 90 s in a Self-Prompt-SAM run without this)
@@ -152,17 +162,22 @@ class SAMTrainerBase(nnUNetTrainer):
         kwargs = self.network_kwargs(self.configuration_manager)
         if "num_prompts" in inspect.signature(self._network_cls().__init__).parameters:
             kwargs.setdefault("num_prompts", self._num_targets())
-        arch = {"network_class_name": self.network_class, "arch_kwargs": kwargs, "_kw_requires_import": []}
+        arch = {"network_class_name": self.network_class, "arch_kwargs": kwargs, "_kw_requires_import": [],
+                RECORDED_BY_KEY: type(self).__name__}
         self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = arch
         self.configuration_manager.configuration["architecture"] = arch
 
     @classmethod
     def network_kwargs(cls, configuration_manager: ConfigurationManager) -> dict:
-        """Network arguments for a configuration: recorded ones if the plans already name our network,
-        else trainer defaults + the configuration's "sam_nnunet" block + its patch size."""
+        """Network arguments for a configuration: the recorded ones if this trainer recorded them (plans
+        saved with a model), else trainer defaults + the configuration's "sam_nnunet" block + its patch size.
+
+        Plans written before the trainer name was recorded (no ``RECORDED_BY_KEY``) are model folders'
+        plans: their arguments are used when the network class matches, as they were then."""
         conf = configuration_manager.configuration
         arch = conf.get("architecture", {})
-        if arch.get("network_class_name") == cls.network_class:
+        if (arch.get("network_class_name") == cls.network_class
+                and arch.get(RECORDED_BY_KEY, cls.__name__) == cls.__name__):
             return dict(arch["arch_kwargs"])
         network_cls = cls._network_cls()
         # what nnU-Net decides (channels, outputs, deep supervision) is not for the plans to override
@@ -269,7 +284,15 @@ class SAMTrainerBase(nnUNetTrainer):
 
     def deep_supervision_weights(self, num_outputs: int) -> np.ndarray:
         """Loss weight per network output, the prediction first: 1, 1/2, 1/4, ... normalised to sum 1
-        (nnU-Net's halving; HSP-SAM's levels). Trainers whose paper says otherwise override this."""
+        (nnU-Net's halving; HSP-SAM's levels), or 1, 0, 0 ... with ``supervised_outputs = "final"``
+        (1, 1e-6, ... under DDP). Trainers whose paper says otherwise override this."""
+        if self.supervised_outputs == "final":
+            weights = np.full(num_outputs, 1e-6 if self.is_ddp else 0.0)
+            weights[0] = 1.0
+            return weights
+        if self.supervised_outputs != "all":
+            raise ValueError(f"{type(self).__name__}.supervised_outputs must be 'all' or 'final', "
+                             f"not {self.supervised_outputs!r}")
         weights = np.array([1 / (2 ** i) for i in range(num_outputs)])
         return weights / weights.sum()
 

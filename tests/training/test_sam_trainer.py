@@ -178,3 +178,46 @@ def test_unknown_plans_override_is_a_clear_error(acdc_env):
     cls = recursive_find_trainer_class_by_name("HSPSAMTrainer_1epoch")
     with pytest.raises(ValueError, match=r"\['num_classes'\].*lora_rank"):
         cls(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json, device=CPU)
+
+
+TABLE5_ROWS = {  # trainer suffix: (qa_prompts, hierarchical, skip_connections, lora_rank)
+    "FtSAM": (False, False, False, 0), "Ablation1": (True, False, False, 32), "Ablation2": (True, True, False, 32),
+    "Ablation3": (True, True, True, 32), "Ablation4": (False, True, False, 32), "Ablation5": (False, True, True, 32),
+    "noDS": (True, True, True, 32), "noQA": (False, True, True, 32), "noHierarchy": (True, False, False, 32),
+    "noSkip": (True, True, False, 32)}
+
+
+@pytest.mark.parametrize("suffix", TABLE5_ROWS)
+def test_table5_rows_differ_only_in_their_switches_and_all_supervise_the_final_output(acdc_env, suffix):
+    t = get_trainer_from_args("27", "2d", 0, f"HSPSAMTrainer_{suffix}", "nnUNetPlans_SAMcpu", device=CPU)
+    t.initialize()
+    k = t.configuration_manager.network_arch_init_kwargs
+    assert (k["qa_prompts"], k["hierarchical"], k["skip_connections"], k["lora_rank"]) == TABLE5_ROWS[suffix]
+    weights = list(t.loss.weight_factors)
+    assert weights[0] == 1.0 and all(w == 0.0 for w in weights[1:])
+    assert len(weights) == (2 if k["hierarchical"] else 1)  # vit_tiny: 2 global layers
+    assert t.network.q_prompts_at == "blocks"
+
+
+def test_recorded_arguments_are_used_only_by_the_trainer_that_recorded_them(acdc_env):
+    """Plans saved by an HSPSAMTrainer run name HSPSAM with its arguments: a variant built from them keeps
+    its own switches, and building trainers never changes the caller's plans dict."""
+    from sam_nnunet.training.sam_trainer import RECORDED_BY_KEY
+
+    plans, dataset_json = _plans_with(acdc_env, "vit_tiny")
+    before = copy.deepcopy(plans)
+    full = recursive_find_trainer_class_by_name("HSPSAMTrainer")(plans, "2d", 0, dataset_json, CPU)
+    assert plans == before  # not mutated
+    saved = dict(full.plans_manager.plans, continue_training=False)  # plans.json of the run, as the CLI passes it
+    arch = saved["configurations"]["2d"]["architecture"]
+    assert arch[RECORDED_BY_KEY] == "HSPSAMTrainer" and arch["arch_kwargs"]["qa_prompts"] is True
+    no_qa = recursive_find_trainer_class_by_name("HSPSAMTrainer_noQA")(copy.deepcopy(saved), "2d", 0, dataset_json, CPU)
+    assert no_qa.configuration_manager.network_arch_init_kwargs["qa_prompts"] is False
+    again = recursive_find_trainer_class_by_name("HSPSAMTrainer")(copy.deepcopy(saved), "2d", 0, dataset_json, CPU)
+    assert again.configuration_manager.network_arch_init_kwargs == arch["arch_kwargs"]
+    # plans of runs recorded before the trainer name was (no key): their arguments, as then
+    legacy = copy.deepcopy(saved)
+    del legacy["configurations"]["2d"]["architecture"][RECORDED_BY_KEY]
+    legacy["configurations"]["2d"]["architecture"]["arch_kwargs"]["lora_rank"] = 4
+    old = recursive_find_trainer_class_by_name("HSPSAMTrainer")(legacy, "2d", 0, dataset_json, CPU)
+    assert old.configuration_manager.network_arch_init_kwargs["lora_rank"] == 4
