@@ -12,10 +12,21 @@ upsampled to full size by 4 transposed-conv stages, one output.
 
 Both work on 5D tensors (B x C x D x H x W; 2D patches have D = 1), so 2D and 3D share the code.
 Choices: instance norm + LeakyReLU (the paper uses instance norm; nnU-Net's nonlinearity);
-convolutions are 3x3x3 when the patch has depth (they see neighbouring slices) and 1x3x3 for 2D
-(:class:`~sam_nnunet.modeling.conv.Conv3d`: batch-1 tiles through oneDNN on CPU); upsampling never
-touches depth (the encoder keeps all D slices). Widths ``channels`` are for
+upsampling never touches depth (the encoder keeps all D slices). Widths ``channels`` are for
 full, 1/2, 1/4 and 1/8 resolution (default: SAM decoder width / 8, / 4, / 2, / 1).
+
+Depth mixing (``depth_mixing``, the paper does not say whether the generator is 2D or 3D):
+
+* ``True``: a 3D generator. Convolutions are 3x3x3 (they see the neighbouring slices) and instance
+  norm takes its statistics over the whole D x H x W patch. Self-Prompt-SAM's full model in 3D.
+* ``False``: a 2D generator run on each slice. Convolutions are 1x3x3 and instance norm is per slice
+  (H x W), so no slice's output depends on another slice. Table 4's ablation rows use this, so
+  that the depth information the table credits to the adapters and the depth positional embedding
+  does not already come through the generator (see :mod:`.self_prompt_sam`). 2D patches (D = 1)
+  always get the 1x3x3 kernels, whatever the flag.
+
+Both settings have the same parameter names; only the depth extent of the conv kernels differs.
+Convolutions are :class:`~sam_nnunet.modeling.conv.Conv3d` (batch-1 tiles through oneDNN on CPU).
 """
 from __future__ import annotations
 
@@ -33,13 +44,31 @@ def tokens_to_volume(tokens: torch.Tensor, depth: int) -> torch.Tensor:
     return tokens.view(BD // depth, depth, h, w, E).permute(0, 4, 1, 2, 3)
 
 
-class ConvBlock(nn.Sequential):
-    """Conv -> InstanceNorm -> LeakyReLU, in-plane 3x3 (and 3 across depth when ``depth_kernel`` is 3)."""
+class InstanceNorm(nn.InstanceNorm3d):
+    """Affine instance norm of B x C x D x H x W over D x H x W, or over each slice's H x W (``per_slice``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, depth_kernel: int) -> None:
+    def __init__(self, num_features: int, *, per_slice: bool) -> None:
+        super().__init__(num_features, affine=True)
+        self.per_slice = per_slice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B x C x D x H x W -> B x C x D x H x W."""
+        B, C, D, H, W = x.shape
+        if not self.per_slice or D == 1:
+            return super().forward(x)
+        slices = x.transpose(1, 2).reshape(B * D, C, 1, H, W)
+        return super().forward(slices).view(B, D, C, H, W).transpose(1, 2).contiguous()
+
+
+class ConvBlock(nn.Sequential):
+    """Conv -> InstanceNorm -> LeakyReLU: 3x3x3 with norm over the patch if ``depth_mixing``, else 1x3x3 with
+    per-slice norm (module docstring)."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth_mixing: bool) -> None:
+        k = 3 if depth_mixing else 1
         super().__init__(
-            Conv3d(in_channels, out_channels, kernel_size=(depth_kernel, 3, 3), padding=(depth_kernel // 2, 1, 1)),
-            nn.InstanceNorm3d(out_channels, affine=True),
+            Conv3d(in_channels, out_channels, kernel_size=(k, 3, 3), padding=(k // 2, 1, 1)),
+            InstanceNorm(out_channels, per_slice=not depth_mixing),
             nn.LeakyReLU(0.01, inplace=True),
         )
 
@@ -47,42 +76,44 @@ class ConvBlock(nn.Sequential):
 class UpBlock(nn.Sequential):
     """2x in-plane transposed convolution followed by a :class:`ConvBlock`."""
 
-    def __init__(self, in_channels: int, out_channels: int, depth_kernel: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, depth_mixing: bool) -> None:
         super().__init__(
             nn.ConvTranspose3d(in_channels, out_channels, kernel_size=(1, 2, 2), stride=(1, 2, 2)),
-            ConvBlock(out_channels, out_channels, depth_kernel),
+            ConvBlock(out_channels, out_channels, depth_mixing),
         )
 
 
 class MSPGenerator(nn.Module):
     def __init__(self, *, image_channels: int, encoder_dim: int, num_classes: int,
-                 channels: Sequence[int] = (32, 64, 128, 256), depth_kernel: int = 3) -> None:
+                 channels: Sequence[int] = (32, 64, 128, 256), depth_mixing: bool = True) -> None:
         """
         Args:
             image_channels: channels of the image fed as the shallowest (full-resolution) map.
             encoder_dim: E, width of the encoder's feature maps.
             num_classes: K, segmentation heads.
             channels: widths at full, 1/2, 1/4, 1/8 resolution.
-            depth_kernel: 3 for 3D patches, 1 for 2D.
+            depth_mixing: 3D generator (3x3x3 convs, norm over the patch) or per slice (module docstring);
+                False for 2D patches.
         """
         super().__init__()
         if len(channels) != 4:
             raise ValueError(f"MSPGenerator needs 4 widths (full, 1/2, 1/4, 1/8), got {list(channels)}")
         c = list(channels)
-        k = depth_kernel
-        self.image_stem = nn.Sequential(ConvBlock(image_channels, c[0], k), ConvBlock(c[0], c[0], k))
+        mix = self.depth_mixing = depth_mixing
+        self.image_stem = nn.Sequential(ConvBlock(image_channels, c[0], mix), ConvBlock(c[0], c[0], mix))
         # encoder map j (j = 0..2, shallowest first) is brought to 1/2, 1/4, 1/8 by 3, 2, 1 upsamplings
         self.skip_projections = nn.ModuleList(
-            nn.Sequential(*[UpBlock(encoder_dim if i == 0 else c[level], c[level], k) for i in range(4 - level)])
+            nn.Sequential(*[UpBlock(encoder_dim if i == 0 else c[level], c[level], mix) for i in range(4 - level)])
             for level in (1, 2, 3)
         )
-        self.bottleneck = ConvBlock(encoder_dim, c[3], k)
+        self.bottleneck = ConvBlock(encoder_dim, c[3], mix)
         self.ups = nn.ModuleList(
             nn.ConvTranspose3d(c[min(level + 1, 3)], c[level], kernel_size=(1, 2, 2), stride=(1, 2, 2))
             for level in range(4)
         )
         self.fuse = nn.ModuleList(
-            nn.Sequential(ConvBlock(2 * c[level], c[level], k), ConvBlock(c[level], c[level], k)) for level in range(4)
+            nn.Sequential(ConvBlock(2 * c[level], c[level], mix), ConvBlock(c[level], c[level], mix))
+            for level in range(4)
         )
         self.heads = nn.ModuleList(nn.Conv3d(c[level], num_classes, kernel_size=1) for level in range(4))
 
@@ -109,11 +140,14 @@ class ConvPromptGenerator(nn.Module):
     """Table 4's S1: stacked convolutions on the deepest encoder map only, one full-resolution output."""
 
     def __init__(self, *, encoder_dim: int, num_classes: int, channels: Sequence[int] = (32, 64, 128, 256),
-                 depth_kernel: int = 3) -> None:
+                 depth_mixing: bool = True) -> None:
+        """Arguments as :class:`MSPGenerator` (the image is not used)."""
         super().__init__()
         c = list(channels)
-        self.bottleneck = ConvBlock(encoder_dim, c[3], depth_kernel)
-        self.ups = nn.Sequential(*[UpBlock(c[min(level + 1, 3)], c[level], depth_kernel) for level in reversed(range(4))])
+        self.depth_mixing = depth_mixing
+        self.bottleneck = ConvBlock(encoder_dim, c[3], depth_mixing)
+        self.ups = nn.Sequential(*[UpBlock(c[min(level + 1, 3)], c[level], depth_mixing)
+                                   for level in reversed(range(4))])
         self.head = nn.Conv3d(c[0], num_classes, kernel_size=1)
 
     def forward(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:

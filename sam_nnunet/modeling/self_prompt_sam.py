@@ -8,15 +8,34 @@ Composition (each part its own module)::
       -> encoder           (SAM ViT, adapters in every block, depth pos-embed) [switches: adapter, depth_pos_embed]
            4 feature maps at evenly spaced depths
       -> prompt_generator  (MSPGenerator: image + 4 maps -> auxiliary masks at 1, 1/2, 1/4, 1/8)
-                                                                            [switch: prompt_generator msp|conv]
+                                          [switches: prompt_generator msp|conv, generator_depth_mixing]
       -> prompts per slice and class (box, EDT point, mask; no gradient)    (auto_prompts)
       -> neck(last map) -> mask_decoder per class (SAM's, adapters, depth pos-embed) -> K binary maps
       -> mc_adapter        (MC-Adapter: K binary logits -> K class logits)  [switch: mc_adapter]
 
-Table 4 of the paper maps onto the switches: S1 ``prompt_generator="conv", adapter="none",
-depth_pos_embed=False, modality_adapter=False, mc_adapter=False``; S2 as S1 with ``"msp"``; S3
-``adapter="vanilla"``; S4 / S5 ``"depth_before"`` / ``"depth_after"``; S6 ``"dfused"``; S7 +depth
-pos-embed; S8 +MAdapter; S9 (the full model, the defaults) +MC-Adapter.
+Table 4 of the paper maps onto the switches, each row adding one part to the row before: S1
+``prompt_generator="conv", adapter="none", depth_pos_embed=False, modality_adapter=False,
+mc_adapter=False``; S2 as S1 with ``"msp"``; S3 ``adapter="vanilla"``; S4 / S5 ``"depth_before"`` /
+``"depth_after"``; S6 ``"dfused"``; S7 +depth pos-embed; S8 +MAdapter; S9 +MC-Adapter. Every row
+has ``generator_depth_mixing=False``.
+
+Depth mixing, and why the ablation rows switch the generator's off. In 3D, slices of a patch
+interact only through the *depth parts*: the adapters' depth MLPs (``adapter`` S4 / S5 / S6 kinds),
+and the prompt generator's 3x3x3 convolutions and patch-wide instance norm
+(``generator_depth_mixing``). The depth positional embedding (``depth_pos_embed``) tells a slice its
+index but does not mix slices. Everything else (MAdapter, the ViT, SAM's neck, the prompts, SAM's
+decoder without adapters, MC-Adapter) runs on each slice alone. The paper says how the depth
+information comes in: SAM on a sequence of 2D frames is discontinuous across depth (its Fig. 1d),
+and the DFusedAdapter and the depth positional embedding are added to fix that; Table 4 credits
+S3 -> S6 (+1.7 %) to the DFusedAdapter's depth mixing and S6 -> S7 to the embedding. It does not
+say whether its generator is 2D or 3D. If the generator mixed slices in every row, S1 - S3 would
+not be the "2D frames" baseline and S3 vs S6 would compare two 3D models, so the DFusedAdapter's
+contribution could not be isolated. Hence every Table 4 row uses the per-slice generator, and each
+row differs from the one before in exactly the part the table names. The full model
+(``SelfPromptSAMTrainer``, the network's defaults) keeps the 3D generator it always had: it is S9
+plus ``generator_depth_mixing=True``, a difference the paper does not ablate and that
+``SelfPromptSAMTrainer_S9`` vs ``SelfPromptSAMTrainer`` measures. Models whose plans predate the
+switch build with the default (on), i.e. as they were trained.
 
 nnU-Net integration:
 
@@ -71,6 +90,7 @@ class SelfPromptSAM(nn.Module):
         modality_adapter: bool = True,
         mc_adapter: bool = True,
         empty_prompt: str = "zeros",
+        generator_depth_mixing: bool = True,
         generator_channels: Optional[Sequence[int]] = None,
         deep_supervision: bool = True,
     ) -> None:
@@ -87,6 +107,8 @@ class SelfPromptSAM(nn.Module):
             modality_adapter: MAdapter before the encoder (else the patch embedding takes C channels).
             mc_adapter: MC-Adapter after the decoder (else the K binary logits are the class logits).
             empty_prompt: prompts of a class absent from a slice, ``"zeros"`` (paper) or ``"padding"``.
+            generator_depth_mixing: 3D prompt generator (3x3x3 convolutions, instance norm over the patch);
+                False runs it on each slice (Table 4's rows, see the module docstring). No effect in 2D.
             generator_channels: generator widths at full, 1/2, 1/4, 1/8 (default: decoder width / 8, 4, 2, 1).
             deep_supervision: return the list of outputs (see module docstring) instead of ``final``.
         """
@@ -129,14 +151,14 @@ class SelfPromptSAM(nn.Module):
             patch_depth=self.patch_depth, adapter=adapter, depth_pos_embed=depth_pos_embed)
         dd = cfg.decoder_dim
         channels = tuple(generator_channels) if generator_channels else (dd // 8, dd // 4, dd // 2, dd)
-        depth_kernel = 3 if self.patch_depth > 1 else 1
+        depth_mixing = bool(generator_depth_mixing) and self.patch_depth > 1
         if prompt_generator == "msp":
             self.prompt_generator = MSPGenerator(image_channels=num_input_channels, encoder_dim=cfg.embed_dim,
                                                  num_classes=num_classes, channels=channels,
-                                                 depth_kernel=depth_kernel)
+                                                 depth_mixing=depth_mixing)
         else:
             self.prompt_generator = ConvPromptGenerator(encoder_dim=cfg.embed_dim, num_classes=num_classes,
-                                                        channels=channels, depth_kernel=depth_kernel)
+                                                        channels=channels, depth_mixing=depth_mixing)
         self.num_aux_outputs = 4 if prompt_generator == "msp" else 1
         self.mc_adapter = MultiClassAdapter(num_classes=num_classes) if mc_adapter else None
 
