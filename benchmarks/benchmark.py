@@ -137,6 +137,8 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     budget = args.budget_min * 60
     epoch_s = row["step_s_median"] * args.iterations_per_epoch
     trainer.num_epochs = max(1, int(budget / max(epoch_s, 1e-6)))
+    # the scheduler was built in on_train_start for the trainer's own epochs (1000): stretch it to the budget's
+    trainer.lr_scheduler.max_steps = trainer.num_epochs
     trainer.current_epoch = 0
     steps_done, start = 0, time.perf_counter()
     while time.perf_counter() - start < budget:

@@ -1,4 +1,4 @@
-"""The benchmark harness in --quick mode: report structure and finite, positive numbers (not speeds)."""
+"""The benchmark harness in --quick mode: what it reports, checked against the files it wrote (not speeds)."""
 import json
 import math
 import os
@@ -6,7 +6,36 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "benchmark.py"
+DATASET, PLANS = "Dataset027_ACDC", "nnUNetPlans_SAMcpu"
+QUICK = {"steps": 3, "warmup": 1, "budget_min": 0.1, "val_cases": 1, "iterations_per_epoch": 5}  # what --quick sets
+TRAINERS = ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"]
+METRICS = {"step_s_median": "train step (s)", "infer_s_per_volume": "inference (s/volume)",
+           "train_peak_rss_mb": "train peak RSS (MB)", "infer_peak_rss_mb": "inference peak RSS (MB)",
+           "params_total": "parameters", "params_trainable": "trainable parameters"}
+CLASSES = {"1": "RV", "2": "MLV", "3": "LVC"}
+
+
+def dice(ref: np.ndarray, pred: np.ndarray, label: int) -> float:
+    a, b = ref == label, pred == label
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum()) if a.any() or b.any() else float("nan")
+
+
+def table_rows(markdown: str):
+    """The results.md table as {trainer: {column header: cell text}}."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {r[0]: dict(zip(header, r)) for r in rows}
+
+
+def number(text: str) -> float:
+    return float(text.split(" (")[0].replace(",", ""))
 
 
 def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_path):
@@ -17,23 +46,86 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
                            "--nnunet-preprocessed", str(acdc_preprocessed["nnUNet_preprocessed"]),
                            "--processes", "1"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # files where the docstring says: the three reports in --out; the prepared dataset used, not converted again
     result = json.loads((out / "results.json").read_text())
-    rows = result["trainers"]
-    assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"]
-    assert result["meta"]["seed"] == 0 and "fold 0" in result["meta"]["split"]
-    for r in rows:
-        for key in ("step_s_median", "step_s_q1", "step_s_q3", "infer_s_per_volume", "train_peak_rss_mb",
-                    "infer_peak_rss_mb", "params_total", "params_trainable", "budget_steps"):
-            assert math.isfinite(r[key]) and r[key] > 0, (r["trainer"], key, r[key])
-        assert r["step_s_q1"] <= r["step_s_median"] <= r["step_s_q3"]
-        assert r["params_trainable"] <= r["params_total"]
-        assert set(r["dice"]) == {"1", "2", "3"} and all(0 <= d <= 1 for d in r["dice"].values())
-        assert r["patch_size"] == [128, 128] and r["batch_size"] == 8  # same patch and batch for all
-    assert rows[0]["val_cases"] == rows[1]["val_cases"] == rows[2]["val_cases"]  # same validation cases
     table = (out / "results.md").read_text()
-    assert "| HSPSAMTrainer |" in table and "| SelfPromptSAMTrainer |" in table and "x)" in table  # ratio against nnUNetTrainer
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert not (out / "nnUNet_raw").exists() and not (out / "nnUNet_preprocessed").exists()
+    (results,) = out.glob("nnUNet_results_*")  # this run's nnUNet_results: the trainers' folders, the predictions
+    meta, rows = result["meta"], result["trainers"]
+    assert [r["trainer"] for r in rows] == TRAINERS
+    assert meta["seed"] == 0 and "fold 0" in meta["split"]
+    assert {k: meta[k] for k in ("steps", "warmup", "budget_min")} == {k: QUICK[k] for k in ("steps", "warmup",
+                                                                                             "budget_min")}
+    raw = Path(acdc_preprocessed["nnUNet_raw"]) / DATASET
+    splits = json.loads((Path(acdc_preprocessed["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())
+
+    for r in rows:
+        name = r["trainer"]
+        for key in ("step_s_median", "step_s_q1", "step_s_q3", "infer_s_per_volume", "train_peak_rss_mb",
+                    "infer_peak_rss_mb", "params_total", "params_trainable", "budget_steps"):
+            assert math.isfinite(r[key]) and r[key] > 0, (name, key, r[key])
+        assert r["step_s_q1"] <= r["step_s_median"] <= r["step_s_q3"]
+        assert r["params_trainable"] <= r["params_total"]
+        assert r["patch_size"] == [128, 128] and r["batch_size"] == 8  # same patch and batch for all
+        # the step time is the median over exactly the steps asked for, after the warm-up
+        assert f"[{name}] train step {r['step_s_median']:.3f} s (median of {QUICK['steps']})" in proc.stdout
+
+        # validation: the first --val-cases cases of fold 0, predicted in their own geometry; Dice recomputed here
+        # from the written predictions and the reference labels
+        assert r["val_cases"] == splits[0]["val"][: QUICK["val_cases"]]
+        per_class = {k: [] for k in CLASSES}
+        for case in r["val_cases"]:
+            ref_img, pred_img = nib.load(str(raw / "labelsTr" / f"{case}.nii.gz")), nib.load(
+                str(results / f"val_{name}" / f"{case}.nii.gz"))
+            assert pred_img.shape == ref_img.shape
+            np.testing.assert_allclose(pred_img.affine, ref_img.affine, atol=1e-4)
+            ref, pred = np.asarray(ref_img.dataobj), np.asarray(pred_img.dataobj)
+            for k in CLASSES:
+                per_class[k].append(dice(ref, pred, int(k)))
+        assert set(r["dice"]) == set(CLASSES)
+        for k, values in per_class.items():
+            assert 0 <= r["dice"][k] <= 1
+            assert r["dice"][k] == pytest.approx(np.nanmean(values), abs=1e-9), (name, k)
+
+        # the equal wall-clock budget: the budget asked for, and the steps reported are the optimiser's steps
+        # (Adam(W) counts its own; SGD keeps no count)
+        assert r["budget_s"] == QUICK["budget_min"] * 60 and r["budget_steps"] >= 1
+        checkpoint = torch.load(results / DATASET / f"{name}__{PLANS}__2d" / "fold_0" / "checkpoint_final.pth",
+                                map_location="cpu", weights_only=False)
+        adam_steps = {float(s["step"]) for s in checkpoint["optimizer_state"]["state"].values() if "step" in s}
+        if name == "HSPSAMTrainer":  # AdamW by default
+            assert adam_steps == {QUICK["warmup"] + QUICK["steps"] + r["budget_steps"]}
+
+        # nnU-Net's poly schedule stretched over the epochs the budget allows at the measured step time: the
+        # learning rate of epoch e is lr0 * (1 - e / epochs) ** 0.9, one entry per epoch trained
+        epochs = max(1, int(r["budget_s"] / max(r["step_s_median"] * QUICK["iterations_per_epoch"], 1e-6)))
+        lrs = checkpoint["logging"]["lrs"]
+        assert len(lrs) == min(math.ceil(r["budget_steps"] / QUICK["iterations_per_epoch"]), epochs), (name, lrs)
+        assert lrs == pytest.approx([lrs[0] * (1 - e / epochs) ** 0.9 for e in range(len(lrs))], rel=1e-9), (name, lrs)
+
+    # results.md: each figure of results.json, the ratios against nnUNetTrainer computed from those figures
+    assert (f"budget {QUICK['budget_min']} min per trainer" in table
+            and f"{QUICK['val_cases']} validation volumes" in table)
+    cells = table_rows(table)
+    assert list(cells) == TRAINERS
+    base = rows[0]
+    for r in rows:
+        row = cells[r["trainer"]]
+        for key, column in METRICS.items():
+            assert number(row[column]) == pytest.approx(r[key], rel=5e-3, abs=0.5), (r["trainer"], column)
+            if r is base:
+                assert "x)" not in row[column]
+            else:
+                ratio = float(row[column].split(" (")[1].rstrip("x)"))
+                assert ratio == pytest.approx(r[key] / base[key], abs=0.005 + 1e-9), (r["trainer"], column)
+        assert int(row["steps in budget"]) == r["budget_steps"]
+        for k, label in CLASSES.items():
+            assert float(row[f"Dice {label}"]) == pytest.approx(r["dice"][k], abs=5e-4 + 1e-9)
+        assert float(row["mean Dice"]) == pytest.approx(np.mean(list(r["dice"].values())), abs=5e-4 + 1e-9)
+    assert table.strip() in proc.stdout  # the same table printed
 
 
 def test_network_speed_reports_finite_positive_times_for_2d_and_3d():

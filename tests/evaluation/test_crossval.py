@@ -1,23 +1,30 @@
 """``crossval``: the real ``nnUNetv2_train`` folds and ``nnUNetv2_find_best_configuration`` on the ACDC crop.
 
 The ``acdc_preprocessed`` fixture holds 5 training patients (10 volumes), so each fold validates one patient
-(2 volumes) and trains on the other 4. Tiny schedule: ``HSPSAMTrainer_1epoch``, 1 training and 1 validation
-iteration, CPU, one worker process (``-np 1``).
+(2 volumes) and trains on the other 4. Tiny schedule: ``HSPSAMTrainer_5epochs`` (the shortest schedule that can be
+interrupted with epochs left), 1 training and 1 validation iteration per epoch, CPU, one worker process (``-np 1``).
 """
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from sam_nnunet import trainers_folder
 from sam_nnunet.evaluation.crossval import fold_state, run_crossval
 
-TRAINER, PLANS = "HSPSAMTrainer_1epoch", "nnUNetPlans_SAMcpu"
+TRAINER, PLANS, EPOCHS = "HSPSAMTrainer_5epochs", "nnUNetPlans_SAMcpu", 5
 FOLDS = range(5)
+LAUNCH = Path(__file__).parents[1] / "faults" / "launch.py"  # nnUNetv2_train killed with SIGKILL at a chosen point
 
 
 def crossval(env, *extra) -> str:
@@ -92,43 +99,69 @@ def test_report_on_a_fold_of_crossval_equals_nnunets_dice(first_run, acdc_prepro
             assert int(row["n_ref"]) == metrics["n_ref"] and int(row["n_pred"]) == metrics["n_pred"]
 
 
+def epochs_started(text: str):
+    """The epochs an nnU-Net run started, from its "<timestamp>: Epoch N" lines (stdout or training log)."""
+    return [int(n) for n in re.findall(r": Epoch (\d+) ?$", text, flags=re.M)]
+
+
+def files_of(folders):
+    """Every file under ``folders``: path -> (mtime in ns, SHA-256 of its bytes)."""
+    return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_crossval_again_skips_finished_folds_and_resumes_a_started_one(first_run):
     _, model, env = first_run
-    finals = {f: model / f"fold_{f}" / "checkpoint_final.pth" for f in FOLDS}
     merged_summary = model / "crossval_results_folds_0_1_2_3_4" / "summary.json"
-    before = {p: p.stat().st_mtime_ns for p in [*finals.values(), merged_summary]}
+    before = files_of([model])
+    assert merged_summary in before
 
     out = crossval(env)
     for fold in FOLDS:
         assert f"fold {fold}: checkpoint_final.pth and validation/summary.json exist -> skipping" in out
     assert "$ nnUNetv2_train" not in out and "$ nnUNetv2_find_best_configuration" not in out
     assert "nnUNetv2_find_best_configuration is up to date" in out
-    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert files_of([model]) == before  # nothing written, not even rewritten with the same bytes
 
-    # Fold 3 as an interrupted run leaves it: a latest checkpoint and no final one, no validation. nnU-Net deletes
-    # checkpoint_latest.pth once it writes checkpoint_final.pth, and a 1-epoch run writes its only checkpoint at
-    # the end, so the latest checkpoint of this run is its final one (same weights, epoch counter 1).
+    # Fold 3 interrupted for real: its nnUNetv2_train (the command crossval runs for it) is killed with SIGKILL
+    # before the 3rd training step, i.e. 1 iteration into epoch 2, leaving checkpoint_latest.pth with epochs left.
     fold3 = model / "fold_3"
-    finals[3].rename(fold3 / "checkpoint_latest.pth")
-    for f in (fold3 / "validation").iterdir():
-        f.unlink()
-    (fold3 / "validation").rmdir()
+    shutil.rmtree(fold3)
+    killed = subprocess.run([sys.executable, str(LAUNCH), "train_step:3", "27", "2d", "3", "-tr", TRAINER, "-p", PLANS,
+                             "-device", "cpu", "--npz"], env=dict(env, nnUNet_extTrainer=trainers_folder(),
+                                                                  nnUNet_def_n_proc="1"),
+                            capture_output=True, text=True, start_new_session=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     latest = torch.load(fold3 / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
-    assert fold_state(fold3, 3).state == "started"
+    saved = latest["current_epoch"]  # the epoch a resume starts at (nnU-Net stores "next epoch")
+    assert 0 < saved < EPOCHS and epochs_started(killed.stdout)[-1] == saved
+    assert not (fold3 / "checkpoint_final.pth").exists() and fold_state(fold3, 3).state == "started"
+    finished = files_of([model / f"fold_{f}" for f in (0, 1, 2, 4)])
 
+    interrupted_at = time.time()
     out = crossval(env)
     assert "fold 3: checkpoint_latest.pth, checkpoint_best.pth found, no checkpoint_final.pth -> resuming with --c" in out
     assert f"$ nnUNetv2_train 27 2d 3 -tr {TRAINER} -p {PLANS} -device cpu --npz --c\n" in out
-    assert out.count("$ nnUNetv2_train") == 1 and "Epoch 0" not in out  # only fold 3, and it was not retrained
+    assert out.count("$ nnUNetv2_train") == 1  # only fold 3
     for fold in (0, 1, 2, 4):
         assert f"fold {fold}: checkpoint_final.pth and validation/summary.json exist -> skipping" in out
-        assert finals[fold].stat().st_mtime_ns == before[finals[fold]]
-    resumed = torch.load(finals[3], map_location="cpu", weights_only=False)
-    assert resumed["current_epoch"] == latest["current_epoch"] == 1
-    assert all(torch.equal(resumed["network_weights"][k], v) for k, v in latest["network_weights"].items())
+    assert files_of([model / f"fold_{f}" for f in (0, 1, 2, 4)]) == finished  # same files, bytes and mtimes
+
+    # the resume trained the epochs left, from the saved one on, not from 0
+    assert epochs_started(out) == list(range(saved, EPOCHS))
+    resume_log = max(fold3.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns)
+    assert epochs_started(resume_log.read_text()) == list(range(saved, EPOCHS))
+    final = torch.load(fold3 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == EPOCHS
+    for key in ("train_losses", "lrs", "epoch_start_timestamps"):  # one entry per epoch of the whole run
+        assert len(final["logging"][key]) == EPOCHS, key
+        assert final["logging"][key][:saved] == latest["logging"][key][:saved], key  # the interrupted run's epochs
+    assert min(final["logging"]["epoch_start_timestamps"][saved:]) > interrupted_at  # the rest trained now
+    assert any(not torch.equal(final["network_weights"][k], v) for k, v in latest["network_weights"].items())
     assert not (fold3 / "checkpoint_latest.pth").exists() and (fold3 / "validation" / "summary.json").is_file()
+    assert sorted(p.stem for p in (fold3 / "validation").glob("*.npz"))  # validated with --npz
     assert "$ nnUNetv2_find_best_configuration" in out  # a fold changed, so the best configuration is redone
-    assert merged_summary.stat().st_mtime_ns > before[merged_summary]
+    assert merged_summary.stat().st_mtime_ns > before[merged_summary][0]
 
 
 def test_fold_states_and_commands_without_training(tmp_path, capsys):

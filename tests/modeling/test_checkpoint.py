@@ -7,6 +7,7 @@ that must be refused are written in their real layouts too: nnU-Net checkpoints 
 project save them, compiled/parallel state dicts by torch's own wrappers.
 """
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -97,17 +98,37 @@ def test_foreign_layout_is_a_clear_error(tmp_path):
         read_sam_state_dict(path)
 
 
-def test_wrong_vit_size_is_an_error_not_a_partial_load(official_sam, tmp_path):
-    _, sd = official_sam(embed_dim=64)  # a checkpoint for another width
-    path = save(sd, tmp_path / "sam.pth")
-    net = HSPSAM(num_input_channels=1, num_classes=2, img_size=(64, 64), encoder="vit_tiny")
+@pytest.mark.parametrize("file_size, file_name", [
+    (dict(embed_dim=64, depth=4), "vit_tiny"),  # wider than the network's encoder (48), same depth
+    (dict(embed_dim=48, depth=6), "an unknown size"),  # deeper (6 blocks), same width
+], ids=["wider", "deeper"])
+def test_wrong_vit_size_is_an_error_not_a_partial_load(official_sam, tmp_path, small_encoder, file_size, file_name):
+    """A file in the official layout for another ViT size: the error names what the file holds and what the network
+    expects, and not one tensor was loaded (a deeper file's first blocks would fit the network's, name for name)."""
+    _, sd = official_sam(**file_size)
+    path = save(sd, tmp_path / "sam_other_size.pth")
+    net = HSPSAM(num_input_channels=3, num_classes=2, img_size=(128, 128), encoder=small_encoder)
+    assert (net.encoder.embed_dim, len(net.encoder.blocks)) == (48, 4)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with pytest.raises(CheckpointError, match="embed dim 64 and 4 blocks.*embed dim 64 and 4 blocks|decoder|cannot be mapped"):
+    message = (rf"{re.escape(str(path))} holds a ViT with embed dim {file_size['embed_dim']} and {file_size['depth']} "
+               rf"blocks \({file_name}\), but this network's encoder has embed dim 48 and 4 blocks \({small_encoder}\)\. "
+               r"Choose the matching encoder")
+    with pytest.raises(CheckpointError, match=message):
+        load_sam_checkpoint(net, path)
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    assert [k for k, v in after.items() if not torch.equal(before[k], v)] == []  # nothing partially loaded
+
+
+def test_narrower_and_shallower_file_than_the_network_is_named_too(official_sam, tmp_path):
+    _, sd = official_sam(embed_dim=64, depth=4)
+    path = save(sd, tmp_path / "sam.pth")
+    net = HSPSAM(num_input_channels=1, num_classes=2, img_size=(64, 64), encoder="vit_small")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"embed dim 64 and 4 blocks \(vit_tiny\), but this network's encoder "
+                                              r"has embed dim 192 and 6 blocks \(vit_small\)"):
         load_sam_checkpoint(net, path)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    net_b = HSPSAM(num_input_channels=1, num_classes=2, img_size=(64, 64), encoder="vit_small")
-    with pytest.raises(CheckpointError, match=r"embed dim 64 and 4 blocks .* embed dim 192 and 6 blocks \(vit_small\)"):
-        load_sam_checkpoint(net_b, path)
 
 
 # ---------------------------------------------------------------- wrappers that are accepted
