@@ -1,0 +1,54 @@
+"""HSP-SAM's own task (polyps, 2D RGB) through the real commands: convert-kvasir on shipped pairs,
+nnU-Net's planning and preprocessing (NaturalImage2DIO), nnUNetv2_train and nnUNetv2_predict on PNG."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam_nnunet import trainers_folder
+
+
+def run(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_hsp_sam_trains_and_predicts_rgb_polyp_pngs(kvasir, nnunet_env):
+    source = kvasir(6)
+    env = dict(os.environ, **{k: str(v) for k, v in nnunet_env.items()}, nnUNet_extTrainer=trainers_folder(),
+               nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", nnUNet_compile="false", SAM_NNUNET_SEED="0",
+               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1")
+    env.pop("SAM_NNUNET_CHECKPOINT", None)
+    sam_nnunet = [sys.executable, "-m", "sam_nnunet.cli"]
+    run([*sam_nnunet, "convert-kvasir", "-i", str(source), "-d", "311"], env)
+    run(["nnUNetv2_plan_and_preprocess", "-d", "311", "-c", "2d", "-np", "1"], env)
+    run([*sam_nnunet, "plans", "-d", "311", "--preset", "cpu_tiny"], env)
+    common = ["-tr", "HSPSAMTrainer_1epoch", "-p", "nnUNetPlans_SAMcpu", "-device", "cpu"]
+    run(["nnUNetv2_train", "311", "2d", "0", *common], env)
+    model = nnunet_env["nnUNet_results"] / "Dataset311_KvasirSEG" / "HSPSAMTrainer_1epoch__nnUNetPlans_SAMcpu__2d"
+    weights = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert weights["network_weights"]["encoder.patch_embed.proj.weight"].shape[1] == 3  # RGB in, as 3 channels
+    assert (model / "fold_0" / "validation" / "summary.json").is_file()
+
+    raw = nnunet_env["nnUNet_raw"] / "Dataset311_KvasirSEG"
+    inputs = sorted((raw / "imagesTr").glob("*_0000.png"))[:2]
+    pred_in = nnunet_env["nnUNet_results"].parent / "pred_in"
+    pred_in.mkdir()
+    for image in inputs:
+        (pred_in / image.name).write_bytes(image.read_bytes())
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in pred_in.iterdir()}
+    pred = nnunet_env["nnUNet_results"].parent / "pred"
+    run(["nnUNetv2_predict", "-i", str(pred_in), "-o", str(pred), "-d", "311", "-c", "2d", "-f", "0", *common[:-2],
+         "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    for image in inputs:
+        rgb = np.asarray(Image.open(pred_in / image.name))
+        assert rgb.ndim == 3 and rgb.shape[2] == 3
+        mask = np.asarray(Image.open(pred / image.name.replace("_0000.png", ".png")))
+        assert mask.shape == rgb.shape[:2]
+        assert set(np.unique(mask).tolist()) <= {0, 1}
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in pred_in.iterdir()}
