@@ -2,6 +2,9 @@
 
     python benchmarks/benchmark.py --out runs/bench              # default: 5 min budget per trainer, ~20 min on 2 CPU cores
     python benchmarks/benchmark.py --out runs/bench_quick --quick # seconds of training, for the test
+    python benchmarks/benchmark.py --out runs/kvasir --dataset kvasir          # HSP-SAM's own task: polyps, 2D RGB
+    python benchmarks/benchmark.py --out runs/transfer --checkpoint enc.pth \
+        --trainers HSPSAMTrainer HSPSAMTrainer+pretrained                      # frozen pretrained encoder vs scratch
 
 For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer`` and ``SelfPromptSAMTrainer``), built by nnU-Net's own
 ``get_trainer_from_args`` on the same plans (``nnUNetPlans_SAMcpu``: 2d, patch 128 x 128, batch 8)
@@ -16,7 +19,16 @@ machine's noise hits all alike:
   before each phase); ``torch.cuda.max_memory_allocated`` on GPU;
 * parameters, total and trainable;
 * validation Dice per class on fold 0 after training for the same wall-clock budget
-  (``--budget-min``), with nnU-Net's poly learning-rate schedule stretched to fit that budget.
+  (``--budget-min``), with nnU-Net's poly learning-rate schedule stretched to fit that budget, and
+  HD95 per class (``sam_nnunet.evaluation.metrics``: MONAI, in pixels/mm of the images' spacing;
+  left out if MONAI is not installed);
+* the training curve: mean training loss per epoch against wall-clock time.
+
+Datasets (``--dataset``): ``acdc`` (shipped ACDC cine-MRI, patient-grouped split, 3 classes) or
+``kvasir`` (shipped Kvasir-SEG, RGB PNG through nnU-Net's natural-image reader, nnU-Net's own
+random 5-fold split, one class). A trainer named ``NAME+pretrained`` is ``NAME`` with
+``SAM_NNUNET_CHECKPOINT=--checkpoint``: the trainer loads and freezes it as it would SAM's weights
+(the papers' setting), in its own output folder (``..._pretrained``), next to ``NAME`` from scratch.
 
 Writes ``results.json`` (raw numbers, the seed, the split, the machine), ``results.md`` (table with
 ratios against nnUNetTrainer) and ``results.png`` (ratio bars; Dice per class) into ``--out``. The
@@ -39,7 +51,13 @@ from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = "nnUNetPlans_SAMcpu"
-DATASET = "Dataset027_ACDC"
+PRETRAINED = "+pretrained"
+DATASETS = {  # --dataset: nnU-Net id and name, label names, what the split is
+    "acdc": {"id": 27, "name": "Dataset027_ACDC", "labels": {"1": "RV", "2": "MLV", "3": "LVC"},
+             "split": "fold 0 of splits_final.json (patient-grouped, sam_nnunet convert-acdc)"},
+    "kvasir": {"id": 311, "name": "Dataset311_KvasirSEG", "labels": {"1": "polyp"},
+               "split": "fold 0 of splits_final.json (nnU-Net's random 5-fold split of the images)"},
+}
 
 
 def peak_rss_reset() -> None:
@@ -78,37 +96,61 @@ def prepare(args) -> Dict[str, Path]:
     os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(results),
                       nnUNet_extTrainer=trainers_folder(), nnUNet_compile="false",
                       nnUNet_n_proc_DA=str(args.processes), SAM_NNUNET_SEED=str(args.seed))
-    if not (pre / DATASET / f"{PLANS}.json").is_file():
-        from sam_nnunet.datasets.acdc import convert_acdc
+    ds = DATASETS[args.dataset]
+    if not (pre / ds["name"] / f"{PLANS}.json").is_file():
         from sam_nnunet.plans import write_sam_plans
 
-        if not (raw / DATASET).is_dir():
-            convert_acdc(args.acdc, 27, max_patients=args.patients)
-        subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "-np", str(args.processes)],
+        if not (raw / ds["name"]).is_dir():
+            if args.dataset == "acdc":
+                from sam_nnunet.datasets.acdc import convert_acdc
+
+                convert_acdc(args.acdc, ds["id"], max_patients=args.patients)
+            else:
+                from sam_nnunet.datasets.kvasir import convert_kvasir
+
+                convert_kvasir(args.kvasir, ds["id"], max_cases=args.cases)
+        subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(ds["id"]), "-c", "2d", "-np", str(args.processes)],
                        check=True, stdout=subprocess.DEVNULL)
-        write_sam_plans("27", "cpu_tiny")
+        write_sam_plans(str(ds["id"]), "cpu_tiny")
     return {"raw": raw, "preprocessed": pre, "results": results}
 
 
 def benchmark_trainer(name: str, args, paths) -> dict:
     import numpy as np
     import torch
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
+    ds = DATASETS[args.dataset]
+    trainer_class, pretrained = name[: -len(PRETRAINED)] if name.endswith(PRETRAINED) else name, name.endswith(PRETRAINED)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = torch.device(args.device)
-    trainer = get_trainer_from_args("27", "2d", 0, name, PLANS, device=device)
+    os.environ.pop("SAM_NNUNET_CHECKPOINT", None)
+    if pretrained:
+        os.environ["SAM_NNUNET_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
+    try:
+        trainer = get_trainer_from_args(str(ds["id"]), "2d", 0, trainer_class, PLANS, device=device)
+    finally:
+        os.environ.pop("SAM_NNUNET_CHECKPOINT", None)
+    if pretrained:  # its own folder next to the from-scratch run of the same trainer: TRAINER_pretrained__PLANS__2d
+        base = Path(trainer.output_folder_base)
+        base = base.with_name(base.name.replace(f"{trainer_class}__", f"{trainer_class}_pretrained__", 1))
+        folder = base / Path(trainer.output_folder).name
+        folder.mkdir(parents=True, exist_ok=True)
+        trainer.log_file = str(folder / Path(trainer.log_file).name)
+        trainer.output_folder_base, trainer.output_folder = str(base), str(folder)
     trainer.num_iterations_per_epoch = args.iterations_per_epoch
-    trainer.on_train_start()  # initialises network, optimiser, loss and data loaders
+    trainer.on_train_start()  # initialises network, optimiser, loss and data loaders (and loads the checkpoint)
     net = trainer.network
     row = {"trainer": name, "network": type(net).__name__,
            "params_total": sum(p.numel() for p in net.parameters()),
            "params_trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
            "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size)}
-    print(f"[{name}] {row['network']}: {row['params_total']:,} parameters", flush=True)
+    print(f"[{name}] {row['network']}: {row['params_total']:,} parameters, {row['params_trainable']:,} trainable",
+          flush=True)
 
     # -- training step time and peak memory
     peak_rss_reset()
@@ -140,77 +182,93 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     # the scheduler was built in on_train_start for the trainer's own epochs (1000): stretch it to the budget's
     trainer.lr_scheduler.max_steps = trainer.num_epochs
     trainer.current_epoch = 0
-    steps_done, start = 0, time.perf_counter()
+    steps_done, start, curve = 0, time.perf_counter(), []
     while time.perf_counter() - start < budget:
         trainer.on_train_epoch_start()
+        losses = []
         for _ in range(args.iterations_per_epoch):
-            trainer.train_step(next(trainer.dataloader_train))
+            losses.append(float(trainer.train_step(next(trainer.dataloader_train))["loss"]))
             steps_done += 1
             if time.perf_counter() - start >= budget:
                 break
+        curve.append([round(time.perf_counter() - start, 1), float(np.mean(losses))])
         trainer.current_epoch = min(trainer.current_epoch + 1, trainer.num_epochs - 1)
-    row.update(budget_s=budget, budget_steps=steps_done)
+    row.update(budget_s=budget, budget_steps=steps_done, curve=curve)
     print(f"[{name}] {steps_done} training steps in the {args.budget_min} min budget", flush=True)
 
-    # -- sliding-window inference per volume + validation Dice (fold 0)
+    # -- sliding-window inference per case + validation Dice and HD95 (fold 0)
     trainer.set_deep_supervision_enabled(False)
     net.eval()
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                 allow_tqdm=False)
     predictor.manual_initialization(net, trainer.plans_manager, trainer.configuration_manager, [net.state_dict()],
-                                    trainer.dataset_json, name, trainer.inference_allowed_mirroring_axes)
+                                    trainer.dataset_json, trainer_class, trainer.inference_allowed_mirroring_axes)
     val_cases = trainer.do_split()[1][: args.val_cases]
-    io = SimpleITKIO()
+    raw = paths["raw"] / ds["name"]
+    ending = trainer.dataset_json["file_ending"]
+    images = create_lists_from_splitted_dataset_folder(str(raw / "imagesTr"), ending, val_cases)
+    io = determine_reader_writer_from_dataset_json(trainer.dataset_json, images[0][0])()
     pred_dir = paths["results"] / f"val_{name}"
     pred_dir.mkdir(parents=True, exist_ok=True)
     peak_rss_reset()
     infer_times = []
-    for case in val_cases:
-        data, props = io.read_images([str(paths["raw"] / DATASET / "imagesTr" / f"{case}_0000.nii.gz")])
+    for case, files in zip(val_cases, images):
+        data, props = io.read_images(files)
         start = time.perf_counter()
         seg = predictor.predict_single_npy_array(data, props, None, None, False)
         infer_times.append(time.perf_counter() - start)
-        io.write_seg(seg, str(pred_dir / f"{case}.nii.gz"), props)
+        io.write_seg(seg, str(pred_dir / f"{case}{ending}"), props)
     row.update(infer_s_per_volume=statistics.median(infer_times), infer_peak_rss_mb=peak_rss_mb(),
                val_cases=list(val_cases))
-    row["dice"] = dice_per_class(paths["raw"] / DATASET / "labelsTr", pred_dir, val_cases)
-    print(f"[{name}] inference {row['infer_s_per_volume']:.2f} s/volume; Dice {row['dice']}", flush=True)
+    row["dice"], row["hd95"] = metrics_per_class(raw / "labelsTr", pred_dir, val_cases, io, ending, ds["labels"])
+    print(f"[{name}] inference {row['infer_s_per_volume']:.2f} s/case; Dice {row['dice']}; HD95 {row['hd95']}",
+          flush=True)
     trainer.on_train_end()
     return row
 
 
-def dice_per_class(ref_dir: Path, pred_dir: Path, cases) -> Dict[str, float]:
-    """Mean Dice per class with nnU-Net's evaluation (compute_metrics on each case)."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
-    per_class: Dict[str, List[float]] = {}
-    for case in cases:
-        m = compute_metrics(str(ref_dir / f"{case}.nii.gz"), str(pred_dir / f"{case}.nii.gz"), SimpleITKIO(),
-                            [1, 2, 3])
-        for label, metrics in m["metrics"].items():
-            per_class.setdefault(str(label), []).append(metrics["Dice"])
+def metrics_per_class(ref_dir: Path, pred_dir: Path, cases, io, ending: str, labels) -> tuple:
+    """Mean Dice (nnU-Net's compute_metrics, case by case) and mean HD95 per class, with the rules of
+    ``sam_nnunet.evaluation.metrics`` (classes absent from both masks left out; an empty prediction has
+    Dice 0 and is left out of HD95, whose mean is over the cases with both masks). HD95 is NaN without MONAI."""
     import numpy as np
 
-    return {k: float(np.nanmean(v)) for k, v in per_class.items()}
+    from sam_nnunet.evaluation.metrics import case_metrics, require_monai
+
+    try:
+        require_monai()
+        with_hd95 = True
+    except ImportError:
+        with_hd95 = False
+    dice: Dict[str, List[float]] = {k: [] for k in labels}
+    hd95: Dict[str, List[float]] = {k: [] for k in labels}
+    for case in cases:
+        m = case_metrics(str(ref_dir / f"{case}{ending}"), str(pred_dir / f"{case}{ending}"), io,
+                         [int(k) for k in labels], with_hd95=with_hd95)
+        for k in labels:
+            dice[k].append(m[int(k)].dice)
+            if np.isfinite(m[int(k)].hd95):
+                hd95[k].append(m[int(k)].hd95)
+    mean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")  # noqa: E731
+    return {k: mean(v) for k, v in dice.items()}, {k: mean(v) for k, v in hd95.items()}
 
 
-LABELS = {"1": "RV", "2": "MLV", "3": "LVC"}
 METRICS = [("step_s_median", "train step (s)"), ("infer_s_per_volume", "inference (s/volume)"),
            ("train_peak_rss_mb", "train peak RSS (MB)"), ("infer_peak_rss_mb", "inference peak RSS (MB)"),
            ("params_total", "parameters"), ("params_trainable", "trainable parameters")]
 
 
 def markdown(rows: List[dict], meta: dict) -> str:
-    base = rows[0]
+    base, labels = rows[0], meta["labels"]
     lines = [f"Machine: {meta['machine']}; device {meta['device']}; {meta['date']}; seed {meta['seed']}; "
              f"budget {meta['budget_min']} min per trainer; plans {PLANS} (patch {base['patch_size']}, "
-             f"batch {base['batch_size']}); fold 0 of the patient-grouped split, {len(base['val_cases'])} "
+             f"batch {base['batch_size']}); {meta['dataset']}, {meta['split']}: {len(base['val_cases'])} "
              f"validation volumes.", "",
              "| trainer | " + " | ".join(label for _, label in METRICS) + " | steps in budget | "
-             + " | ".join(f"Dice {LABELS[k]}" for k in LABELS) + " | mean Dice |",
-             "|---" * (len(METRICS) + 3 + len(LABELS)) + "|"]
+             + " | ".join(f"Dice {labels[k]}" for k in labels) + " | mean Dice | "
+             + " | ".join(f"HD95 {labels[k]}" for k in labels) + " |",
+             "|---" * (len(METRICS) + 3 + 2 * len(labels)) + "|"]
     for r in rows:
         cells = []
         for key, _ in METRICS:
@@ -219,17 +277,20 @@ def markdown(rows: List[dict], meta: dict) -> str:
             if r is not base and base[key]:
                 txt += f" ({v / base[key]:.2f}x)"
             cells.append(txt)
-        dice = [r["dice"].get(k, float("nan")) for k in LABELS]
+        dice = [r["dice"].get(k, float("nan")) for k in labels]
+        hd95 = [r.get("hd95", {}).get(k, float("nan")) for k in labels]
         lines.append(f"| {r['trainer']} | " + " | ".join(cells) + f" | {r['budget_steps']} | "
-                     + " | ".join(f"{d:.3f}" for d in dice) + f" | {sum(dice) / len(dice):.3f} |")
+                     + " | ".join(f"{d:.3f}" for d in dice) + f" | {sum(dice) / len(dice):.3f} | "
+                     + " | ".join(f"{h:.1f}" for h in hd95) + " |")
     lines.append("")
-    lines.append(f"Ratios in parentheses are against {base['trainer']}. Peak RSS is the whole process's "
+    lines.append(f"Ratios in parentheses are against {base['trainer']}. HD95 in the images' spacing units (mm; "
+                 f"pixels for Kvasir-SEG), mean over cases where both masks have the class. Peak RSS is the whole process's "
                  f"(data-augmentation workers excluded). A Dice comparison needs a budget of 60 minutes or more "
                  f"per trainer on 2 CPU cores; shorter budgets compare noise.")
     return "\n".join(lines)
 
 
-def plot(rows: List[dict], path: Path) -> None:
+def plot(rows: List[dict], path: Path, labels: Dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,7 +298,7 @@ def plot(rows: List[dict], path: Path) -> None:
     import numpy as np
 
     base = rows[0]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(18, 4))
     width = 0.8 / max(1, len(rows) - 1)
     x = np.arange(len(METRICS))
     for i, r in enumerate(rows[1:]):
@@ -248,13 +309,20 @@ def plot(rows: List[dict], path: Path) -> None:
     a1.set_ylabel(f"ratio to {base['trainer']}")
     a1.legend()
     width = 0.8 / len(rows)
-    x = np.arange(len(LABELS))
+    x = np.arange(len(labels))
     for i, r in enumerate(rows):
-        a2.bar(x + i * width, [r["dice"].get(k, 0) for k in LABELS], width, label=r["trainer"])
-    a2.set_xticks(x + width * (len(rows) - 1) / 2, list(LABELS.values()))
+        a2.bar(x + i * width, [r["dice"].get(k, 0) for k in labels], width, label=r["trainer"])
+    a2.set_xticks(x + width * (len(rows) - 1) / 2, list(labels.values()))
     a2.set_ylabel("validation Dice")
     a2.set_ylim(0, 1)
     a2.legend()
+    for r in rows:
+        if r.get("curve"):
+            t, loss = zip(*r["curve"])
+            a3.plot(np.array(t) / 60, loss, label=r["trainer"])
+    a3.set_xlabel("training time (min)")
+    a3.set_ylabel("training loss (epoch mean)")
+    a3.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -262,7 +330,12 @@ def plot(rows: List[dict], path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="acdc")
     p.add_argument("--acdc", default=str(REPO.parent / "shared" / "data" / "ACDC"))
+    p.add_argument("--kvasir", default=str(REPO.parent / "shared" / "data" / "Kvasir-SEG"))
+    p.add_argument("--cases", type=int, default=None, help="kvasir: convert only the first N images")
+    p.add_argument("--checkpoint", help="SAM-layout checkpoint for trainers named NAME+pretrained "
+                                        "(e.g. from sam_nnunet export-encoder)")
     p.add_argument("--nnunet-raw")
     p.add_argument("--nnunet-preprocessed")
     p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"])
@@ -277,6 +350,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="a few steps and seconds of training (for tests)")
     args = p.parse_args(argv)
+    if any(t.endswith(PRETRAINED) for t in args.trainers) and not args.checkpoint:
+        p.error(f"trainers named NAME{PRETRAINED} need --checkpoint")
     if args.quick:
         args.steps, args.warmup, args.budget_min, args.val_cases, args.iterations_per_epoch = 3, 1, 0.1, 1, 5
     out = Path(args.out)
@@ -290,10 +365,11 @@ def main(argv=None) -> int:
             "machine": f"{os.cpu_count()} CPU cores ({cpu_name()})"
                        + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
             "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "split": "fold 0 of splits_final.json (patient-grouped, sam_nnunet convert-acdc)"}
+            "dataset": DATASETS[args.dataset]["name"], "split": DATASETS[args.dataset]["split"],
+            "labels": DATASETS[args.dataset]["labels"], "checkpoint": args.checkpoint}
     (out / "results.json").write_text(json.dumps({"meta": meta, "trainers": rows}, indent=2))
     (out / "results.md").write_text(markdown(rows, meta) + "\n")
-    plot(rows, out / "results.png")
+    plot(rows, out / "results.png", meta["labels"])
     print(markdown(rows, meta))
     return 0
 

@@ -155,3 +155,39 @@ def test_conv_ab_reports_both_backends_for_2d_and_3d():
         ([2, 32, 32], "training step, batch 1")]
     for r in measured:
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("torch", "onednn", "onednn_over_torch")), r
+
+
+def test_quick_kvasir_with_a_frozen_pretrained_row(tmp_path):
+    """--dataset kvasir on real shipped images, and NAME+pretrained: the same trainer with --checkpoint frozen,
+    in its own folder, next to the run from scratch."""
+    from golden.golden import MODEL_FOLDER
+    from sam_nnunet.export_encoder import export_encoder
+
+    checkpoint = export_encoder(MODEL_FOLDER, 0, tmp_path / "encoder.pth")  # 1-channel encoder, loads as RGB
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_NNUNET_")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick", "--dataset", "kvasir",
+                           "--cases", "6", "--processes", "1", "--checkpoint", str(checkpoint),
+                           "--trainers", "HSPSAMTrainer", "HSPSAMTrainer+pretrained"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    scratch, pretrained = result["trainers"]
+    assert result["meta"]["dataset"] == "Dataset311_KvasirSEG" and result["meta"]["labels"] == {"1": "polyp"}
+    assert scratch["params_total"] == pretrained["params_total"]
+    assert scratch["params_trainable"] == scratch["params_total"] > pretrained["params_trainable"]
+    (results,) = out.glob("nnUNet_results_*")
+    for row in result["trainers"]:
+        assert set(row["dice"]) == set(row["hd95"]) == {"1"} and 0 <= row["dice"]["1"] <= 1
+        assert row["curve"] and all(math.isfinite(loss) for _, loss in row["curve"])
+        for case in row["val_cases"]:
+            assert (results / f"val_{row['trainer']}" / f"{case}.png").is_file()  # PNG, as the dataset
+    folder = results / "Dataset311_KvasirSEG"
+    final = torch.load(folder / f"HSPSAMTrainer_pretrained__{PLANS}__2d" / "fold_0" / "checkpoint_final.pth",
+                       map_location="cpu", weights_only=False)["network_weights"]
+    sd = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert torch.equal(final["encoder.blocks.1.attn.qkv.weight"], sd["image_encoder.blocks.1.attn.qkv.weight"])
+    scratch_final = torch.load(folder / f"HSPSAMTrainer__{PLANS}__2d" / "fold_0" / "checkpoint_final.pth",
+                               map_location="cpu", weights_only=False)["network_weights"]
+    assert not torch.equal(scratch_final["encoder.blocks.1.attn.qkv.weight"], sd["image_encoder.blocks.1.attn.qkv.weight"])
+    assert "HD95 polyp" in (out / "results.md").read_text()
