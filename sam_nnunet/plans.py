@@ -6,6 +6,12 @@ of its 16-pixel patch size and a batch size that fits a ViT. A preset (JSON in t
 network arguments (e.g. the encoder). The derived plans keep nnU-Net's data identifier, so they use
 the preprocessed data that ``nnUNetv2_plan_and_preprocess`` already wrote. This edits plans instead
 of subclassing a planner because nnU-Net only finds planners inside its own package.
+
+The same plans also serve ``nnUNetTrainer`` (the benchmark's side-by-side rows), so when a preset
+changes the patch size, the plain U-Net's topology in ``architecture`` is derived again for the new
+patch with nnU-Net's own rule (``get_pool_and_conv_props``: pool until an edge would drop below 4),
+as nnU-Net's planner would have: nnU-Net's 8-stage 2D U-Net for Kvasir's 640 x 640 patch would pool a
+128 x 128 patch down to 1 x 1 and fail. SAM trainers replace ``architecture`` with their own network.
 """
 from __future__ import annotations
 
@@ -59,9 +65,41 @@ def derive_sam_plans(nnunet_plans: dict, preset: dict) -> dict:
             raise ValueError(f"preset patch_size {patch} for {name} has {len(patch)} axes; nnU-Net's has "
                              f"{len(conf['patch_size'])}")
         conf["patch_size"] = round_patch(patch)
+        _fit_unet_to_patch(conf)
         conf["batch_size"] = int(settings.get("batch_size", conf["batch_size"]))
         conf["sam_nnunet"] = dict(settings.get("sam_nnunet", {}))
     return plans
+
+
+def _fit_unet_to_patch(conf: dict) -> None:
+    """Re-derive a PlainConvUNet/ResidualEncoderUNet topology in ``conf["architecture"]`` for ``conf["patch_size"]``."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    kwargs = conf.get("architecture", {}).get("arch_kwargs", {})
+    if not {"n_stages", "strides", "kernel_sizes", "features_per_stage"} <= set(kwargs):
+        return
+    _, strides, kernels, _, _ = get_pool_and_conv_props(conf["spacing"], conf["patch_size"], 4, 999999)
+    # the patch must stay divisible by the total stride (SAM patches are multiples of 16, not of 2^n)
+    while len(strides) > 1 and any(p % int(_prod(s[i] for s in strides)) for i, p in enumerate(conf["patch_size"])):
+        strides, kernels = strides[:-1], kernels[:-1]
+    n, old = len(strides), kwargs["n_stages"]
+    features = list(kwargs["features_per_stage"])
+    features += [features[-1]] * max(0, n - len(features))
+    kwargs.update(n_stages=n, strides=[list(s) for s in strides], kernel_sizes=[list(k) for k in kernels],
+                  features_per_stage=features[:n])
+    for key, length in (("n_conv_per_stage", n), ("n_blocks_per_stage", n), ("n_conv_per_stage_decoder", n - 1)):
+        if key in kwargs:
+            values = list(kwargs[key])
+            kwargs[key] = (values + [values[-1]] * length)[:length]
+    if n != old:
+        conf["architecture"]["arch_kwargs"] = kwargs
+
+
+def _prod(values) -> float:
+    out = 1
+    for v in values:
+        out *= v
+    return out
 
 
 def write_sam_plans(dataset: str, preset: str, source_plans: str = "nnUNetPlans",

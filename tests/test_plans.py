@@ -45,3 +45,35 @@ def test_write_refuses_to_overwrite_different_plans(tmp_path):
     with pytest.raises(FileExistsError):
         write_sam_plans("27", "cpu_tiny", preprocessed_root=str(tmp_path))
     assert json.loads(out.read_text()) == {"edited": True}
+
+
+def test_nnunet_unet_topology_follows_the_smaller_patch():
+    """Kvasir-SEG's nnU-Net plans: an 8-stage 2D U-Net for 640 x 640. On the cpu_tiny preset's 128 x 128 patch it
+    would pool to 1 x 1 (nnUNetTrainer then fails); the derived plans pool to 4 x 4 as nnU-Net's planner would,
+    and the U-Net they describe builds and runs on that patch."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 8, "features_per_stage": [32, 64, 128, 256, 512, 512, 512, 512],
+                            "conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 8,
+                            "strides": [[1, 1]] + [[2, 2]] * 7, "n_conv_per_stage": [2] * 8,
+                            "n_conv_per_stage_decoder": [2] * 7, "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    kvasir = {"plans_name": "nnUNetPlans", "configurations": {"2d": {
+        "data_identifier": "nnUNetPlans_2d", "patch_size": [640, 640], "batch_size": 8, "spacing": [1.0, 1.0],
+        "architecture": arch}}}
+    plans = derive_sam_plans(kvasir, load_preset("cpu_tiny"))
+    k = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    assert k["n_stages"] == 6 and k["strides"] == [[1, 1]] + [[2, 2]] * 5  # 128 / 2^5 = 4
+    assert k["features_per_stage"] == [32, 64, 128, 256, 512, 512] and k["n_conv_per_stage_decoder"] == [2] * 5
+    assert kvasir["configurations"]["2d"]["architecture"]["arch_kwargs"]["n_stages"] == 8  # input untouched
+    a = plans["configurations"]["2d"]["architecture"]
+    net = get_network_from_plans(a["network_class_name"], a["arch_kwargs"], a["_kw_requires_import"], 3, 2,
+                                 deep_supervision=False)
+    net.train()
+    assert net(torch.randn(2, 3, 128, 128)).shape == (2, 2, 128, 128)
+    assert json.loads(json.dumps(plans)) == plans  # JSON round trip (write_sam_plans compares the file with it)
