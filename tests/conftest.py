@@ -164,3 +164,16 @@ def trained_model(acdc_preprocessed, tmp_path_factory):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return results / "Dataset027_ACDC" / "HSPSAMTrainer_1epoch__nnUNetPlans_SAMcpu__2d", env
+
+
+@pytest.fixture(scope="session")
+def golden_model_folder():
+    """The committed golden model folder (HSPSAMTrainer_20epochs, vit_tiny, ACDC 2d), named by tests/golden/golden.py.
+
+    Loaded by file path: in a full run ``golden`` on sys.path is tests/golden/golden.py, in a partial run the folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sam_nnunet_golden_files", Path(__file__).parent / "golden" / "golden.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MODEL_FOLDER

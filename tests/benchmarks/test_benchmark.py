@@ -157,13 +157,12 @@ def test_conv_ab_reports_both_backends_for_2d_and_3d():
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("torch", "onednn", "onednn_over_torch")), r
 
 
-def test_quick_kvasir_with_a_frozen_pretrained_row(tmp_path):
+def test_quick_kvasir_with_a_frozen_pretrained_row(tmp_path, golden_model_folder):
     """--dataset kvasir on real shipped images, and NAME+pretrained: the same trainer with --checkpoint frozen,
     in its own folder, next to the run from scratch."""
-    from golden.golden import MODEL_FOLDER
     from sam_nnunet.export_encoder import export_encoder
 
-    checkpoint = export_encoder(MODEL_FOLDER, 0, tmp_path / "encoder.pth")  # 1-channel encoder, loads as RGB
+    checkpoint = export_encoder(golden_model_folder, 0, tmp_path / "encoder.pth")  # 1-channel encoder, loads as RGB
     out = tmp_path / "bench"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_NNUNET_")}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick", "--dataset", "kvasir",

@@ -8,7 +8,6 @@ import pytest
 import torch
 from nnunetv2.run.run_training import get_trainer_from_args
 
-from golden.golden import MODEL_FOLDER
 from sam_nnunet.cli import main as cli
 from sam_nnunet.export_encoder import encoder_state_dict, export_encoder
 from sam_nnunet.modeling.checkpoint import load_sam_checkpoint, official_sam_keys
@@ -18,7 +17,7 @@ CPU = torch.device("cpu")
 STEPS = 3
 
 
-def _golden_network():
+def _golden_network(model_folder):
     """The committed golden fold (HSPSAMTrainer_20epochs, vit_tiny, 1 channel) with its trained weights."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -26,17 +25,17 @@ def _golden_network():
 
     os.environ.setdefault("nnUNet_extTrainer", trainers_folder())
     predictor = nnUNetPredictor(device=CPU, perform_everything_on_device=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(MODEL_FOLDER), use_folds=(0,))
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,))
     net = predictor.network
     net.load_state_dict(predictor.list_of_parameters[0])
     return net.eval()
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, golden_model_folder):
     """The golden fold's encoder written by the CLI, as a user would."""
     results = tmp_path_factory.mktemp("results")
-    shutil.copytree(MODEL_FOLDER.parent, results / MODEL_FOLDER.parent.name)
+    shutil.copytree(golden_model_folder.parent, results / golden_model_folder.parent.name)
     out = results / "encoder.pth"
     old = os.environ.get("nnUNet_results")
     os.environ["nnUNet_results"] = str(results)
@@ -48,8 +47,8 @@ def exported(tmp_path_factory):
     return out
 
 
-def test_merged_lora_gives_the_same_outputs():
-    net = _golden_network()
+def test_merged_lora_gives_the_same_outputs(golden_model_folder):
+    net = _golden_network(golden_model_folder)
     assert any(layer.lora_B.abs().sum() > 0 for layer in lora_layers(net))  # trained factors, not the zero init
     x = torch.randn(2, 1, *net.encoder.grid_size).repeat_interleave(16, -1).repeat_interleave(16, -2)
     x = x + 0.1 * torch.randn_like(x)
@@ -61,9 +60,9 @@ def test_merged_lora_gives_the_same_outputs():
     assert torch.equal(after.argmax(1), before.argmax(1))
 
 
-def test_exported_file_has_the_official_encoder_layout_and_reproduces_the_fold(exported):
+def test_exported_file_has_the_official_encoder_layout_and_reproduces_the_fold(exported, golden_model_folder):
     sd = torch.load(exported, map_location="cpu", weights_only=True)
-    net = _golden_network()
+    net = _golden_network(golden_model_folder)
     official = [k for k in official_sam_keys(len(net.encoder.blocks)) if k.startswith("image_encoder.")]
     assert sorted(sd) == sorted(official)
     assert sd["image_encoder.patch_embed.proj.weight"].shape[1] == 3  # SAM's RGB layout
@@ -81,13 +80,13 @@ def test_exported_file_has_the_official_encoder_layout_and_reproduces_the_fold(e
     assert all(len(lora.lora_B.nonzero()) == 0 for lora in lora_layers(fresh))  # fresh LoRA: the update is in W
 
 
-def test_export_refuses_to_overwrite_and_names_a_missing_fold(exported, tmp_path):
+def test_export_refuses_to_overwrite_and_names_a_missing_fold(exported, tmp_path, golden_model_folder):
     before = exported.read_bytes()
     with pytest.raises(FileExistsError, match="not overwriting"):
-        export_encoder(MODEL_FOLDER, 0, exported)
+        export_encoder(golden_model_folder, 0, exported)
     assert exported.read_bytes() == before
     with pytest.raises(FileNotFoundError, match="no checkpoint_final.pth in .*fold_3"):
-        export_encoder(MODEL_FOLDER, 3, tmp_path / "x.pth")
+        export_encoder(golden_model_folder, 3, tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
 
 
