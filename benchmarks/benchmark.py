@@ -250,7 +250,10 @@ def metrics_per_class(ref_dir: Path, pred_dir: Path, cases, io, ending: str, lab
             dice[k].append(m[int(k)].dice)
             if np.isfinite(m[int(k)].hd95):
                 hd95[k].append(m[int(k)].hd95)
-    mean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")  # noqa: E731
+    def mean(values: List[float]) -> float:  # NaN, without numpy's warning, when no case has a value
+        values = [v for v in values if not np.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
     return {k: mean(v) for k, v in dice.items()}, {k: mean(v) for k, v in hd95.items()}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -80,7 +81,7 @@ def _fit_unet_to_patch(conf: dict) -> None:
         return
     _, strides, kernels, _, _ = get_pool_and_conv_props(conf["spacing"], conf["patch_size"], 4, 999999)
     # the patch must stay divisible by the total stride (SAM patches are multiples of 16, not of 2^n)
-    while len(strides) > 1 and any(p % int(_prod(s[i] for s in strides)) for i, p in enumerate(conf["patch_size"])):
+    while len(strides) > 1 and any(p % math.prod(s[i] for s in strides) for i, p in enumerate(conf["patch_size"])):
         strides, kernels = strides[:-1], kernels[:-1]
     n, old = len(strides), kwargs["n_stages"]
     features = list(kwargs["features_per_stage"])
@@ -93,13 +94,6 @@ def _fit_unet_to_patch(conf: dict) -> None:
             kwargs[key] = (values + [values[-1]] * length)[:length]
     if n != old:
         conf["architecture"]["arch_kwargs"] = kwargs
-
-
-def _prod(values) -> float:
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 def write_sam_plans(dataset: str, preset: str, source_plans: str = "nnUNetPlans",
