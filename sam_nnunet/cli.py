@@ -1,5 +1,5 @@
 """``sam_nnunet`` command line: environment, dataset conversion, SAM plans, the CPU demo, cross-validation,
-evaluation reports, inference-only model export and encoder export."""
+evaluation reports, inference-only model export, encoder export, ONNX export and ONNX Runtime prediction."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,16 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
                                       args.checkpoint)
     print(f"wrote the image encoder of fold {args.fold} in SAM's checkpoint layout: {out}\n"
           f"use it as pretrained weights: SAM_NNUNET_CHECKPOINT={out} nnUNetv2_train ...")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from sam_nnunet.onnx_export import export_onnx_from_results
+
+    folds = [f if f == "all" else int(f) for f in args.folds]
+    out = export_onnx_from_results(args.dataset, args.configuration, args.trainer, args.plans, folds, args.out,
+                                   args.checkpoint)
+    print(f"exported folds {args.folds} to ONNX: {out}\npredict with: sam_nnunet predict-onnx -i IN -o OUT -m {out}")
     return 0
 
 
@@ -158,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint of the fold to read")
     ee.set_defaults(func=cmd_export_encoder)
 
+    eo = sub.add_parser("export-onnx", help="write trained folds as ONNX models (for sam_nnunet predict-onnx)",
+                        description="Writes OUT/DatasetXXX/TRAINER__PLANS__CONFIG with plans.json, dataset.json, "
+                                    "onnx_export.json and fold_X/model.onnx (patch-sized input, dynamic batch), each "
+                                    "checked against torch with ONNX Runtime. Reads $nnUNet_results.")
+    eo.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
+    eo.add_argument("-c", "--configuration", required=True)
+    eo.add_argument("-tr", "--trainer", required=True)
+    eo.add_argument("-p", "--plans", default="nnUNetPlans")
+    eo.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"])
+    eo.add_argument("-o", "--out", required=True, help="output folder (the model folder inside must not exist)")
+    eo.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint to export from each fold")
+    eo.set_defaults(func=cmd_export_onnx)
+
+    from sam_nnunet.onnx_predictor import register as register_onnx_predict
+
+    register_onnx_predict(sub)
+
     from sam_nnunet.datasets.commands import register as register_converters
     from sam_nnunet.evaluation.commands import register as register_evaluation
 
@@ -167,10 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: List[str] | None = None) -> int:
+    from sam_nnunet.onnx_export import OnnxExportError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError, OnnxExportError) as e:
         print(f"sam_nnunet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as e:

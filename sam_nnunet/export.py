@@ -100,3 +100,24 @@ def export_from_results(dataset: str, configuration: str, trainer: str, plans: s
     """:func:`export_model` for a model in ``$nnUNet_results``, named as for ``nnUNetv2_predict``."""
     return export_model(model_folder(dataset, configuration, trainer, plans, results), out_root, folds,
                         checkpoint_name)
+
+
+def load_fold_network(model_folder: Union[str, os.PathLike], fold: Fold, checkpoint_name: str = "checkpoint_final.pth"):
+    """The network of one trained fold, built and loaded as ``nnUNetv2_predict`` does (deep supervision off,
+    eval mode, CPU). Returns ``(network, predictor)``; the predictor carries plans, dataset.json, trainer
+    name and mirroring axes. A fold without ``checkpoint_name`` is refused: it has not finished training."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from sam_nnunet import trainers_folder
+
+    source = Path(model_folder) / f"fold_{fold}" / checkpoint_name
+    if not source.is_file():
+        raise FileNotFoundError(f"no {checkpoint_name} in {source.parent}: the fold has not finished training "
+                                f"(nnUNetv2_train ... --c) or the checkpoint has another name")
+    os.environ.setdefault("nnUNet_extTrainer", trainers_folder())
+    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
+                                                   checkpoint_name=checkpoint_name)
+    network = getattr(predictor.network, "_orig_mod", predictor.network)  # nnUNet_compile=true wraps it
+    network.load_state_dict(predictor.list_of_parameters[0])
+    return network.eval(), predictor

@@ -71,26 +71,15 @@ def encoder_state_dict(network: nn.Module) -> Dict[str, torch.Tensor]:
 def export_encoder(model_folder: Union[str, os.PathLike], fold: Union[int, str], out_file: Union[str, os.PathLike],
                    checkpoint_name: str = "checkpoint_final.pth") -> Path:
     """Write fold ``fold`` of a trained model folder's image encoder to ``out_file`` (SAM key layout)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    from sam_nnunet import trainers_folder
+    from sam_nnunet.export import load_fold_network
 
     out = Path(out_file)
     if out.exists():
         raise FileExistsError(f"{out} already exists; not overwriting it")
-    source = Path(model_folder) / f"fold_{fold}" / checkpoint_name
-    if not source.is_file():
-        raise FileNotFoundError(f"no {checkpoint_name} in {source.parent}: finish the fold's training "
-                                f"(nnUNetv2_train ... --c) or name another checkpoint")
-    os.environ.setdefault("nnUNet_extTrainer", trainers_folder())
-    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
-                                                   checkpoint_name=checkpoint_name)
-    network = predictor.network
+    network, predictor = load_fold_network(model_folder, fold, checkpoint_name)
     if not hasattr(network, "sam_key_map"):
         raise ValueError(f"{predictor.trainer_name} does not train a SAM network (its network is "
                          f"{type(network).__name__}); only SAM trainers' encoders can be exported")
-    network.load_state_dict(predictor.list_of_parameters[0])
     state = encoder_state_dict(network)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")

@@ -25,6 +25,9 @@ Choices:
   own padding embeddings (``empty_prompt="padding"``).
 * Distance transform: SciPy's exact EDT on CPU; on GPU an exact batched torch version (1D nearest
   background along columns, then a brute-force min over each row, in chunks) with the same result.
+  The torch version is also the one traced into an ONNX model (``sam_nnunet export-onnx``): the
+  column pass is a log-step prefix maximum made of shifts and maxima (ONNX has no CumMax), and the
+  SciPy path is never taken while tracing, since a tracer would record its output as a constant.
 """
 from __future__ import annotations
 
@@ -57,22 +60,37 @@ def _farthest_scipy(masks: torch.Tensor) -> torch.Tensor:
     return out.to(masks.device)
 
 
+def _prefix_max(x: torch.Tensor, fill: int) -> torch.Tensor:
+    """Inclusive running maximum along dim 1 of an M x H x W tensor (``cummax(1).values``), by log2(H)
+    shifted maxima (Hillis-Steele scan): exact, and exportable to ONNX, which has no CumMax."""
+    H, shift = x.shape[1], 1
+    while shift < H:
+        x = torch.maximum(x, F.pad(x[:, : H - shift], (0, 0, shift, 0), value=fill))
+        shift *= 2
+    return x
+
+
 def squared_edt_torch(masks: torch.Tensor, chunk_elements: int = 1 << 25) -> torch.Tensor:
     """Exact squared Euclidean distance of every mask pixel to the nearest non-mask pixel or the image
-    border: M x H x W bool -> M x H x W float (0 outside the masks)."""
+    border: M x H x W bool -> M x H x W float (0 outside the masks).
+
+    While tracing (ONNX export) the row pass runs unchunked: M is the dynamic batch there."""
     m = F.pad(masks, (1, 1, 1, 1), value=False)
     M, H, W = m.shape
     far = H + W
     idx = torch.arange(H, device=m.device).view(1, H, 1).expand(M, H, W)
-    above = torch.where(~m, idx, torch.full_like(idx, -far)).cummax(dim=1).values
-    below = torch.where(~m, idx, torch.full_like(idx, 2 * far)).flip(1).cummin(dim=1).values.flip(1)
+    above = _prefix_max(torch.where(~m, idx, torch.full_like(idx, -far)), -far)
+    below = -_prefix_max(torch.where(~m, -idx, torch.full_like(idx, -2 * far)).flip(1), -2 * far).flip(1)
     g2 = torch.minimum(idx - above, below - idx).float().pow(2)  # squared distance along the column
     xs = torch.arange(W, device=m.device, dtype=torch.float32)
     dx2 = (xs.view(W, 1) - xs.view(1, W)).pow(2)  # W (x) x W (x')
-    step = max(1, chunk_elements // (H * W * W))
-    out = torch.empty_like(g2)
-    for s in range(0, M, step):
-        out[s:s + step] = (g2[s:s + step].unsqueeze(2) + dx2).amin(dim=-1)
+    if torch.jit.is_tracing():
+        out = (g2.unsqueeze(2) + dx2).amin(dim=-1)
+    else:
+        step = max(1, chunk_elements // (H * W * W))
+        out = torch.empty_like(g2)
+        for s in range(0, M, step):
+            out[s:s + step] = (g2[s:s + step].unsqueeze(2) + dx2).amin(dim=-1)
     return out[:, 1:-1, 1:-1] * masks
 
 
@@ -88,7 +106,7 @@ def farthest_from_boundary(masks: torch.Tensor) -> torch.Tensor:
     if masks.ndim != 3:
         raise ValueError(f"expected M x H x W masks, got shape {tuple(masks.shape)}")
     masks = masks.bool()
-    if masks.is_cuda:
+    if masks.is_cuda or torch.jit.is_tracing():
         return torch.where(masks.flatten(1).any(1, keepdim=True), _farthest_torch(masks), 0)
     return _farthest_scipy(masks)
 
@@ -112,7 +130,12 @@ def prompts_from_masks(aux_logits: torch.Tensor, mask_size: Tuple[int, int]) -> 
     y0, y1 = _first_last(onehot.any(-1))
     x0, x1 = _first_last(onehot.any(-2))
     boxes = torch.stack([x0, y0, x1, y1], dim=-1).float() * present.unsqueeze(-1)
-    yx = farthest_from_boundary(onehot.flatten(0, 1)).view(N, K, 2)
+    if torch.jit.is_tracing():  # ONNX export: one class at a time bounds the row pass to N x H x W x W
+        yx = torch.stack([farthest_from_boundary(onehot[:, k]) for k in range(K)], dim=1)
+    else:
+        yx = farthest_from_boundary(onehot.flatten(0, 1)).view(N, K, 2)
     points = yx.flip(-1).float() * present.unsqueeze(-1)
-    masks = F.interpolate(onehot.float(), size=tuple(mask_size), mode="area")
+    # area downsampling by a whole factor (= interpolate(mode="area")); a constant kernel keeps it exportable
+    factor = (int(H) // mask_size[0], int(W) // mask_size[1])
+    masks = F.avg_pool2d(onehot.float(), kernel_size=factor, stride=factor)
     return ClassPrompts(boxes=boxes, points=points, present=present, masks=masks)

@@ -17,7 +17,7 @@ A/B.
 ``torch.mkldnn_convolution`` itself for batch-1 float32 CPU inputs when a kernel side is above 1.
 That op's autograd formula is PyTorch's generic convolution backward, so gradients are unchanged
 (tested). Everything else (GPU, other dtypes, batch > 1, string padding, code being traced by
-``torch.compile``) takes the stock path.
+``torch.compile`` or by the ONNX exporter) takes the stock path.
 ``torch.utils.flop_counter`` has no formula for that op: pass :data:`FLOP_FORMULAS` as its
 ``custom_mapping`` to count these calls.
 """
@@ -48,7 +48,8 @@ def takes_onednn_path(x: torch.Tensor, conv: nn.Conv3d) -> bool:
     """Whether :class:`Conv3d` routes this call itself (see the module docstring)."""
     return (_MKLDNN_CONV is not None and x.shape[0] == 1 and x.device.type == "cpu" and x.dtype == torch.float32
             and max(conv.kernel_size) > 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and not _is_compiling())  # the op has no fake-tensor kernel; compiled code picks its own
+            and not _is_compiling()  # the op has no fake-tensor kernel; compiled code picks its own
+            and not torch.jit.is_tracing())  # ONNX export: the op has no ONNX form, aten::_convolution has
 
 
 class Conv3d(nn.Conv3d):

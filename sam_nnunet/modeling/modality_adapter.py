@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .common import InstanceNorm2d
+
 
 class ModalityAdapter(nn.Module):
     def __init__(self, *, in_channels: int, out_channels: int = 3, expansion: int = 32) -> None:
@@ -25,7 +27,7 @@ class ModalityAdapter(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(in_channels, expansion, kernel_size=3, padding=1),
-            nn.InstanceNorm2d(expansion, affine=True),
+            InstanceNorm2d(expansion, affine=True),  # nn.InstanceNorm2d, exported exactly to ONNX
             nn.GELU(),
             nn.Conv2d(expansion, out_channels, kernel_size=1),
         )

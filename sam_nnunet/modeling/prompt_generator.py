@@ -35,6 +35,7 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
+from .common import traceable_instance_norm
 from .conv import Conv3d
 
 
@@ -55,9 +56,12 @@ class InstanceNorm(nn.InstanceNorm3d):
         """x: B x C x D x H x W -> B x C x D x H x W."""
         B, C, D, H, W = x.shape
         if not self.per_slice or D == 1:
-            return super().forward(x)
+            return self._normalise(x)
         slices = x.transpose(1, 2).reshape(B * D, C, 1, H, W)
-        return super().forward(slices).view(B, D, C, H, W).transpose(1, 2).contiguous()
+        return self._normalise(slices).view(B, D, C, H, W).transpose(1, 2).contiguous()
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return traceable_instance_norm(self, x) if torch.jit.is_tracing() else super().forward(x)
 
 
 class ConvBlock(nn.Sequential):

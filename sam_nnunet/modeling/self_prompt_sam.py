@@ -75,6 +75,24 @@ PROMPT_GENERATORS = ("msp", "conv")
 EMPTY_PROMPTS = ("zeros", "padding")
 
 
+def embed_prompts(prompt_encoder: PromptEncoder, points: torch.Tensor, boxes: torch.Tensor,
+                  masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SAM's ``PromptEncoder.forward`` for one positive point, one box and one mask per row, the same values
+    written without its in-place boolean-mask updates (an ONNX trace fixes those to the traced batch).
+
+    points: N x 2 and boxes: N x 4 in pixels (x, y); masks: N x 1 x 4h x 4w
+    -> (sparse N x 3 x E: point, box corners; dense N x E x h x w).
+    """
+    coords = torch.cat([points.unsqueeze(1), boxes.reshape(-1, 2, 2)], dim=1) + 0.5  # shift to pixel centres
+    h, w = prompt_encoder.input_image_size
+    pe = prompt_encoder.pe_layer._pe_encoding(coords / coords.new_tensor([w, h]))
+    kinds = torch.cat([prompt_encoder.point_embeddings[i].weight for i in (1, 2, 3)])  # positive point, corners
+    # the negative-point and not-a-point embeddings take part with weight 0, as in SAM's forward (there through
+    # empty boolean masks): every parameter gets a gradient, which DDP requires
+    unused = prompt_encoder.point_embeddings[0].weight.sum() + prompt_encoder.not_a_point_embed.weight.sum()
+    return pe + kinds + 0 * unused, prompt_encoder.mask_downscaling(masks)
+
+
 class SelfPromptSAM(nn.Module):
     def __init__(
         self,
@@ -199,7 +217,7 @@ class SelfPromptSAM(nn.Module):
         cropped = []
         for i, out in enumerate(outputs):
             scale = 1.0 if i == 0 else 0.5 ** (i - 1)
-            out = out[..., : round(H0 * scale), : round(W0 * scale)]
+            out = out[..., : round(float(H0) * scale), : round(float(W0) * scale)]  # float(): traced sizes are tensors
             cropped.append(out.squeeze(2) if is_2d else out)
         return cropped if self.deep_supervision else cropped[0]
 
@@ -209,7 +227,7 @@ class SelfPromptSAM(nn.Module):
         B, K, D, Hp, Wp = aux_full.shape
         embeddings = self.neck(last_tokens.permute(0, 3, 1, 2))
         h, w = embeddings.shape[-2:]
-        prompts = prompts_from_masks(aux_full.transpose(1, 2).reshape(B * D, K, Hp, Wp), mask_size=(4 * h, 4 * w))
+        prompts = prompts_from_masks(aux_full.transpose(1, 2).reshape(B * D, K, Hp, Wp), mask_size=(4 * int(h), 4 * int(w)))
 
         def per_class(t: torch.Tensor) -> torch.Tensor:  # (B*D) x K x ... -> (B*K*D) x ... (slices innermost)
             return t.view(B, D, K, *t.shape[2:]).transpose(1, 2).reshape(B * K * D, *t.shape[2:])
@@ -221,8 +239,7 @@ class SelfPromptSAM(nn.Module):
         ref_h, ref_w = self.prompt_encoder.input_image_size
         xy_scale = points.new_tensor([ref_w / Wp, ref_h / Hp])
         points, boxes = points * xy_scale, boxes * xy_scale.repeat(2)
-        labels = torch.ones(points.shape[0], 1, device=points.device)
-        sparse, dense = self.prompt_encoder(points=(points.unsqueeze(1), labels), boxes=boxes, masks=masks)
+        sparse, dense = embed_prompts(self.prompt_encoder, points, boxes, masks)
         if self.empty_prompt == "padding":
             absent = ~present
             sparse = torch.where(absent.view(-1, 1, 1), self.prompt_encoder.not_a_point_embed.weight.view(1, 1, -1),

@@ -23,3 +23,23 @@ def test_golden_model_reproduces_its_reference_masks(tmp_path):
         for label in (1, 2, 3):  # every class is in every reference mask: the comparison is not of empty masks
             assert (ref == label).sum() > 100, (case, label)
             assert dice(ref == label, pred == label) > 0.99, (case, label, dice(ref == label, pred == label))
+
+
+def test_golden_model_on_onnx_runtime_reproduces_its_reference_masks(tmp_path):
+    """The same cases through sam_nnunet's ONNX export and nnU-Net's sliding window on ONNX Runtime."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from sam_nnunet.onnx_export import export_onnx, read_export
+    from sam_nnunet.onnx_predictor import make_predictor
+
+    model = export_onnx(MODEL_FOLDER, tmp_path / "onnx", [0], verbose=False)
+    assert read_export(model)["folds"]["0"]["epoch"] == 20
+    predictor = make_predictor(model, use_mirroring=False, allow_tqdm=False)  # as golden.predict
+    for case, image in held_out_cases(ACDC).items():
+        data, props = SimpleITKIO().read_images([str(image)])
+        pred = predictor.predict_single_npy_array(data, props, None, None, False)
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(REFERENCE / f"{case}.nii.gz")))
+        assert pred.shape == ref.shape
+        for label in (1, 2, 3):
+            assert (ref == label).sum() > 100, (case, label)
+            assert dice(ref == label, pred == label) > 0.99, (case, label, dice(ref == label, pred == label))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
-from sam_nnunet.modeling.auto_prompts import (_farthest_scipy, _farthest_torch, farthest_from_boundary,
+from sam_nnunet.modeling.auto_prompts import (_farthest_scipy, _farthest_torch, _prefix_max, farthest_from_boundary,
                                               prompts_from_masks, squared_edt_torch)
 
 
@@ -89,3 +89,47 @@ def test_prompts_carry_no_gradient():
 def test_farthest_from_boundary_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="M x H x W"):
         farthest_from_boundary(torch.ones(4, 4, dtype=torch.bool))
+
+
+def test_prefix_max_scan_equals_cummax():
+    x = torch.randint(-50, 50, (5, 37, 9))
+    assert torch.equal(_prefix_max(x, -1000), x.cummax(dim=1).values)
+
+
+def acdc_aux_logits(n_slices=6, seed=0):
+    """Auxiliary logits shaped by real ACDC labels (one-hot x 4 plus noise): N x 4 x 128 x 128; the first slice
+    has no RV (class 1)."""
+    import nibabel as nib
+
+    from conftest import acdc_patients
+
+    gt = next(acdc_patients(1)[0].glob("*_frame01_gt.nii.gz"))
+    labels = torch.from_numpy(np.asarray(nib.load(str(gt)).dataobj)).long().permute(2, 0, 1)  # z x H x W
+    z = labels.shape[0] // 2
+    labels = labels[z - n_slices // 2: z - n_slices // 2 + n_slices]
+    cy, cx = (int(v) for v in torch.nonzero(labels > 0).float().mean(0)[1:])
+    labels = F.pad(labels, (64, 64, 64, 64))[:, cy: cy + 128, cx: cx + 128]
+    labels[0][labels[0] == 1] = 0
+    noise = 0.5 * torch.randn(n_slices, 4, 128, 128, generator=torch.Generator().manual_seed(seed))
+    return 4 * F.one_hot(labels, 4).permute(0, 3, 1, 2).float() + noise
+
+
+def test_exported_prompt_step_gives_the_eager_prompts(tmp_path):
+    """The traced prompt step (torch distance transform, per-class loop, pooled masks) run by ONNX Runtime
+    equals the eager one (SciPy's distance transform on CPU) exactly, at a batch other than the traced one."""
+    import onnxruntime as ort
+
+    class PromptStep(torch.nn.Module):
+        def forward(self, aux):
+            p = prompts_from_masks(aux, mask_size=(32, 32))
+            return p.boxes, p.points, p.present, p.masks
+
+    aux = acdc_aux_logits()
+    torch.onnx.export(PromptStep(), (aux[:2],), str(tmp_path / "p.onnx"), dynamo=False, opset_version=17,
+                      input_names=["aux"], dynamic_axes={"aux": {0: "n"}})
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"aux": aux.numpy()})
+    ref = prompts_from_masks(aux, mask_size=(32, 32))
+    assert ref.present[:, 1:].any(0).all() and not ref.present.all()  # every class somewhere, some absent
+    for name, g in zip(("boxes", "points", "present", "masks"), got):
+        np.testing.assert_array_equal(g, getattr(ref, name).numpy(), err_msg=name)

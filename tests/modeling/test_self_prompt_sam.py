@@ -247,3 +247,22 @@ def test_official_sam_checkpoint_loads_and_freezing_keeps_the_added_blocks_train
                        modality_adapter=False)
     r2 = load_sam_checkpoint(m2, path)
     assert any(k == "encoder.patch_embed.proj.weight" for k, _, _ in r2.resized)
+
+
+def test_embed_prompts_equals_sams_prompt_encoder():
+    """The export-friendly prompt embedding gives segment-anything's PromptEncoder values (one positive point,
+    one box, one mask per row)."""
+    from segment_anything.modeling.prompt_encoder import PromptEncoder
+
+    from sam_nnunet.modeling.self_prompt_sam import embed_prompts
+
+    torch.manual_seed(0)
+    encoder = PromptEncoder(embed_dim=32, image_embedding_size=(8, 8), input_image_size=(128, 96), mask_in_chans=4)
+    for p in encoder.parameters():
+        torch.nn.init.normal_(p)
+    points, boxes = torch.rand(5, 2) * 90, torch.rand(5, 4) * 90
+    masks = torch.rand(5, 1, 32, 32)
+    sparse, dense = embed_prompts(encoder, points, boxes, masks)
+    ref_sparse, ref_dense = encoder(points=(points.unsqueeze(1), torch.ones(5, 1)), boxes=boxes, masks=masks)
+    torch.testing.assert_close(sparse, ref_sparse)
+    torch.testing.assert_close(dense, ref_dense)

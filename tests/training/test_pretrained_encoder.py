@@ -19,16 +19,9 @@ STEPS = 3
 
 def _golden_network(model_folder):
     """The committed golden fold (HSPSAMTrainer_20epochs, vit_tiny, 1 channel) with its trained weights."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from sam_nnunet.export import load_fold_network
 
-    from sam_nnunet import trainers_folder
-
-    os.environ.setdefault("nnUNet_extTrainer", trainers_folder())
-    predictor = nnUNetPredictor(device=CPU, perform_everything_on_device=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,))
-    net = predictor.network
-    net.load_state_dict(predictor.list_of_parameters[0])
-    return net.eval()
+    return load_fold_network(model_folder, 0)[0]
 
 
 @pytest.fixture(scope="module")
