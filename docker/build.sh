@@ -9,14 +9,16 @@
 #          --base IMAGE (base image with Python and torch; default: the Dockerfile's pytorch/pytorch),
 #          --input-slugs SLUGS, --output-slug SLUG (grand-challenge interfaces baked into the image;
 #          comma-separated input slugs, one per channel; default: whatever single folder /input/images holds),
-#          --context-only DIR (assemble the build context in DIR and stop; no container engine needed).
+#          --context-only DIR (assemble the build context in DIR and stop; no container engine needed),
+#          --backend torch|onnx (default torch; onnx: the folds exported with sam_nnunet export-onnx and the
+#          image installs ONNX Runtime (extra [onnxruntime]) and predicts on the CPU).
 # Needs nnUNet_results set (as for nnUNetv2_predict). The project is packed as committed (git archive HEAD):
 # uncommitted changes are left out, with a warning naming them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 dataset="" config="" trainer="HSPSAMTrainer" plans="nnUNetPlans" folds="0 1 2 3 4" tag="sam_nnunet:latest"
-engine="" context_only="" base="" input_slugs="" output_slug=""
+engine="" context_only="" base="" input_slugs="" output_slug="" backend="torch"
 while [ $# -gt 0 ]; do
   case "$1" in
     -d) dataset="$2"; shift 2 ;;
@@ -30,10 +32,12 @@ while [ $# -gt 0 ]; do
     --input-slugs) input_slugs="$2"; shift 2 ;;
     --output-slug) output_slug="$2"; shift 2 ;;
     --context-only) context_only="$2"; shift 2 ;;
+    --backend) backend="$2"; shift 2 ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
 [ -n "$dataset" ] && [ -n "$config" ] || { echo "give -d DATASET and -c CONFIGURATION" >&2; exit 2; }
+case "$backend" in torch|onnx) ;; *) echo "--backend must be torch or onnx, got '$backend'" >&2; exit 2 ;; esac
 git -C "$repo" rev-parse --verify -q HEAD >/dev/null || {
   echo "$repo is not a git checkout with a commit: the image packs the project as committed (git archive)" >&2; exit 2; }
 
@@ -52,9 +56,15 @@ mkdir -p "$ctx/src" "$ctx/model"
 git -C "$repo" archive --format=tar HEAD -- "${parts[@]}" | tar -x -C "$ctx/src"
 changed="$(git -C "$repo" status --porcelain -- "${parts[@]}")"
 [ -z "$changed" ] || printf 'warning: uncommitted changes are not in the image:\n%s\n' "$changed" >&2
-# shellcheck disable=SC2086  # folds is a list
-python -m sam_nnunet.cli export-model -d "$dataset" -c "$config" -tr "$trainer" -p "$plans" -f $folds -o "$ctx/model"
-cp "$here/Dockerfile" "$ctx/Dockerfile"
+if [ "$backend" = onnx ]; then
+  # shellcheck disable=SC2086  # folds is a list
+  python -m sam_nnunet.cli export-onnx -d "$dataset" -c "$config" -tr "$trainer" -p "$plans" -f $folds -o "$ctx/model"
+  sed 's/^ARG EXTRAS=""$/ARG EXTRAS="[onnxruntime]"/' "$here/Dockerfile" > "$ctx/Dockerfile"
+else
+  # shellcheck disable=SC2086  # folds is a list
+  python -m sam_nnunet.cli export-model -d "$dataset" -c "$config" -tr "$trainer" -p "$plans" -f $folds -o "$ctx/model"
+  cp "$here/Dockerfile" "$ctx/Dockerfile"
+fi
 echo "build context: $ctx"
 [ -z "$context_only" ] || exit 0
 
@@ -74,4 +84,5 @@ fi
 runner="$engine"
 [ "$engine" != buildah ] || runner=podman
 echo "built $tag. Run it with:"
-echo "  $runner run --rm --gpus all --network none -v \$PWD/input:/input:ro -v \$PWD/output:/output $tag"
+gpus="--gpus all "; [ "$backend" = torch ] || gpus=""
+echo "  $runner run --rm ${gpus}--network none -v \$PWD/input:/input:ro -v \$PWD/output:/output $tag"

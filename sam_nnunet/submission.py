@@ -10,7 +10,9 @@ Model
   ``MODEL_DIR``: a trained-model folder (``<Trainer>__<Plans>__<configuration>`` holding plans.json,
   dataset.json and fold_X/checkpoint_final.pth), or a folder with exactly one such folder below it (what
   ``sam_nnunet export-model`` writes, and ``nnUNetv2_export_model_to_zip`` packs). Default:
-  ``$SAM_NNUNET_MODEL``. The model's nnU-Net image I/O class (plans.json ``image_reader_writer``) decides
+  ``$SAM_NNUNET_MODEL``. A folder written by ``sam_nnunet export-onnx`` (``onnx_export.json``,
+  ``fold_X/model.onnx``) runs on ONNX Runtime on the CPU (:mod:`sam_nnunet.onnx_predictor`), with the same
+  preprocessing, sliding window and export. The model's nnU-Net image I/O class (plans.json ``image_reader_writer``) decides
   what a case is:
 
   * volume models (SimpleITKIO and nnU-Net's other medical readers): scalar 2D/3D images, one file per
@@ -418,6 +420,15 @@ def predict_case(predictor, images, case: Case) -> None:
 
 
 def make_predictor(model_dir: Path, folds: Optional[Sequence], mirroring: bool, device: str, checkpoint: str):
+    """nnU-Net's predictor for ``model_dir``: torch, or ONNX Runtime for a folder from ``sam_nnunet export-onnx``."""
+    from sam_nnunet.onnx_export import METADATA_FILE
+
+    if (model_dir / METADATA_FILE).is_file():
+        if device == "cuda":
+            raise SubmissionError("the model is an ONNX export, which runs on the CPU: use --device cpu or auto")
+        from sam_nnunet.onnx_predictor import make_predictor as make_onnx_predictor
+
+        return make_onnx_predictor(model_dir, folds, use_mirroring=mirroring, allow_tqdm=False), "cpu (ONNX Runtime)"
     from sam_nnunet import trainers_folder
 
     # nnU-Net looks the trainer class up by name; ours live in the installed trainers/ folder

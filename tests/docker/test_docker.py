@@ -1,5 +1,6 @@
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,43 @@ def test_build_script_assembles_committed_project_and_inference_only_model(train
     again = subprocess.run(["bash", str(DOCKER / "build.sh"), "-d", "27", "-c", "2d", "--context-only", str(ctx)],
                            env=env, capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_onnx_backend_context_and_entrypoint_give_torchs_masks(trained_model, acdc_preprocessed, tmp_path):
+    """build.sh --backend onnx packs the ONNX export and installs ONNX Runtime; the entrypoint predicts with it
+    on the CPU and writes the masks the torch model writes."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    model_dir, env = trained_model
+    ctx = tmp_path / "ctx"
+    base = ["bash", str(DOCKER / "build.sh"), "-d", "27", "-c", "2d", "-tr", "HSPSAMTrainer_1epoch", "-p",
+            "nnUNetPlans_SAMcpu", "-f", "0", "--context-only"]
+    bad = subprocess.run(base + [str(tmp_path / "unused"), "--backend", "tensorrt"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--backend must be torch or onnx" in bad.stderr
+    proc = subprocess.run(base + [str(ctx), "--backend", "onnx"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    model = ctx / "model" / "Dataset027_ACDC" / model_dir.name
+    assert sorted(str(p.relative_to(model)) for p in model.rglob("*") if p.is_file()) == [
+        "dataset.json", "fold_0/model.onnx", "onnx_export.json", "plans.json"]
+    ours, repo = (ctx / "Dockerfile").read_text().splitlines(), (DOCKER / "Dockerfile").read_text().splitlines()
+    assert [(a, b) for a, b in zip(ours, repo) if a != b] == [('ARG EXTRAS="[onnxruntime]"', 'ARG EXTRAS=""')]
+
+    images = sorted((acdc_preprocessed["nnUNet_raw"] / "Dataset027_ACDC" / "imagesTs").glob("*.nii.gz"))
+    inp = tmp_path / "input"
+    inp.mkdir()
+    for image in images:
+        shutil.copy(image, inp / image.name)
+    masks = {}
+    for name, folder in (("torch", model_dir), ("onnx", ctx / "model")):
+        run = subprocess.run([sys.executable, "-m", "sam_nnunet.submission", "--model", str(folder), "--input", str(inp),
+                              "--output", str(tmp_path / name), "--device", "cpu"], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert ("ONNX Runtime" in run.stdout) == (name == "onnx")
+        masks[name] = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted((tmp_path / name).glob("*"))}
+    assert len(masks["onnx"]) == len(images) and masks["onnx"].keys() == masks["torch"].keys()
+    for case, a in masks["torch"].items():
+        b = masks["onnx"][case]
+        for label in (1, 2, 3):
+            x, y = a == label, b == label
+            assert x.sum() + y.sum() == 0 or 2 * (x & y).sum() / (x.sum() + y.sum()) > 0.99, (case, label)

@@ -37,13 +37,15 @@ def image_config(tag: str) -> dict:
     return json.loads(run(["buildah", "inspect", "--type", "image", tag]))["OCIv1"]["config"]
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_image_predicts_a_grand_challenge_folder_offline_as_non_root(engine, trained_model, acdc_preprocessed,
-                                                                     tmp_path):
+                                                                     tmp_path, backend):
+    """backend onnx: the folds exported to ONNX, predicted with ONNX Runtime inside the image."""
     _, env = trained_model
     tag = f"localhost/sam-nnunet-test:{uuid.uuid4().hex[:8]}"
     build = subprocess.run(["bash", str(DOCKER / "build.sh"), "-d", "27", "-c", "2d", "-tr", "HSPSAMTrainer_1epoch",
                             "-p", "nnUNetPlans_SAMcpu", "-f", "0", "-t", tag, "--engine", "buildah", "--base", engine,
-                            "--input-slugs", "cine-mri", "--output-slug", "cardiac-segmentation"],
+                            "--input-slugs", "cine-mri", "--output-slug", "cardiac-segmentation", "--backend", backend],
                            env=env, capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     container = None
@@ -68,9 +70,11 @@ def test_image_predicts_a_grand_challenge_folder_offline_as_non_root(engine, tra
         in_container = ["unshare", "--net", "buildah", "run", "--isolation", "chroot", "-v", f"{inp}:/input:ro",
                         "-v", f"{out}:/output", container, "--"]
         probe = run(in_container + ["python", "-c", "import os, importlib.util as u, torch; print(os.getuid()); "
-                                                    "print(torch.__version__); print(u.find_spec('monai') is None)"])
-        uid, torch_version, no_monai = probe.splitlines()[-3:]
+                                                    "print(torch.__version__); print(u.find_spec('monai') is None); "
+                                                    "print(u.find_spec('onnxruntime') is not None)"])
+        uid, torch_version, no_monai, has_ort = probe.splitlines()[-4:]
         assert uid == "1000" and no_monai == "True"  # the image's user; MONAI (report only) is not installed
+        assert has_ort == str(backend == "onnx")  # ONNX Runtime only where it is used
         assert f"torch=={torch_version.split('+')[0]}" in torch_requirements()  # the base image's torch was kept
         offline = subprocess.run(in_container + ["python", "-c", "import socket; socket.create_connection(("
                                                  "'1.1.1.1', 443), timeout=5)"], capture_output=True, text=True)
@@ -79,6 +83,7 @@ def test_image_predicts_a_grand_challenge_folder_offline_as_non_root(engine, tra
         proc = subprocess.run(in_container + config["Entrypoint"] + config["Cmd"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "(grand-challenge layout)" in proc.stdout
+        assert ("ONNX Runtime" in proc.stdout) == (backend == "onnx")
         mask = out / "images" / "cardiac-segmentation" / f"{CASE}.mha"
         assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [str(mask.relative_to(out))]
         seg, img = sitk.ReadImage(str(mask)), sitk.ReadImage(str(inp / "images" / "cine-mri" / f"{CASE}.mha"))
