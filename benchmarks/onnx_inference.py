@@ -60,7 +60,15 @@ def init_fold(dataset: str, trainer: str, plans: str, configuration: str) -> Non
     os.makedirs(t.output_folder, exist_ok=True)
     save_json(t.plans_manager.plans, os.path.join(t.output_folder_base, "plans.json"), sort_keys=False)
     save_json(t.dataset_json, os.path.join(t.output_folder_base, "dataset.json"), sort_keys=False)
+    t.current_epoch = -1  # nnU-Net stores current_epoch + 1: this fold reads as trained for 0 epochs
     t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+
+
+def trained_epochs(checkpoint: Path) -> int:
+    """Epochs a fold was trained for (0: saved by --init-missing straight after initialize())."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False).get("current_epoch", 0))
 
 
 def dice_per_class(a: np.ndarray, b: np.ndarray, labels) -> Dict[str, float]:
@@ -112,11 +120,12 @@ def main(argv=None) -> int:
     for spec in args.models:
         trainer, plans, configuration = spec.split(":")
         folder = Path(args.results) / args.dataset / f"{trainer}__{plans}__{configuration}"
-        trained = (folder / "fold_0" / "checkpoint_final.pth").is_file()
-        if not trained:
+        checkpoint = folder / "fold_0" / "checkpoint_final.pth"
+        if not checkpoint.is_file():
             if not args.init_missing:
                 raise SystemExit(f"{folder} has no fold_0/checkpoint_final.pth (train it, or pass --init-missing)")
             init_fold(args.dataset, trainer, plans, configuration)
+        trained = trained_epochs(checkpoint) > 0
         onnx_model = out / "onnx" / args.dataset / folder.name
         if not onnx_model.exists():
             subprocess.run(["sam_nnunet", "export-onnx", "-d", args.dataset, "-c", configuration, "-tr", trainer, "-p",

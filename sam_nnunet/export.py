@@ -64,7 +64,7 @@ def export_model(model_folder: Union[str, os.PathLike], out_root: Union[str, os.
     dest = Path(out_root) / src.parent.name / src.name
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; not overwriting it. Choose an empty output folder.")
-    tmp = dest.with_name(f".{dest.name}.partial")
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")  # per process: two exports never share it
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)

@@ -189,7 +189,7 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_root: Union[str, os.Path
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; not overwriting it. Choose an empty output folder.")
 
-    tmp = dest.with_name(f".{dest.name}.partial")
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")  # per process: two exports never share it
     shutil.rmtree(tmp, ignore_errors=True)
     meta: Dict = {}
     try:
