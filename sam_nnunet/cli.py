@@ -110,6 +110,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def trained_model_args(p: argparse.ArgumentParser) -> None:
+    """-d -c -tr -p: a trained model in $nnUNet_results, named as for nnUNetv2_predict."""
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
+    p.add_argument("-c", "--configuration", required=True)
+    p.add_argument("-tr", "--trainer", required=True)
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+
+
+def folds_out_args(p: argparse.ArgumentParser) -> None:
+    """-f -o --checkpoint of the commands that export a model folder."""
+    p.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"])
+    p.add_argument("-o", "--out", required=True, help="output folder (the model folder inside must not exist)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint to export from each fold")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam_nnunet", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,22 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Writes OUT/DatasetXXX/TRAINER__PLANS__CONFIG with plans.json, dataset.json and "
                                     "fold_X/checkpoint_final.pth reduced to what nnUNetv2_predict reads (no optimizer "
                                     "state, logs or debug.json). Reads $nnUNet_results.")
-    ex.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
-    ex.add_argument("-c", "--configuration", required=True)
-    ex.add_argument("-tr", "--trainer", required=True)
-    ex.add_argument("-p", "--plans", default="nnUNetPlans")
-    ex.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"])
-    ex.add_argument("-o", "--out", required=True, help="output folder (the model folder inside must not exist)")
-    ex.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint to export from each fold")
+    trained_model_args(ex)
+    folds_out_args(ex)
     ex.set_defaults(func=cmd_export_model)
 
     ee = sub.add_parser("export-encoder", help="write a trained fold's image encoder as a SAM checkpoint",
                         description="Writes the fold's ViT and neck (LoRA merged) under official SAM checkpoint keys, "
                                     "loadable by every trainer through SAM_NNUNET_CHECKPOINT. Reads $nnUNet_results.")
-    ee.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
-    ee.add_argument("-c", "--configuration", required=True)
-    ee.add_argument("-tr", "--trainer", required=True)
-    ee.add_argument("-p", "--plans", default="nnUNetPlans")
+    trained_model_args(ee)
     ee.add_argument("-f", "--fold", default="0")
     ee.add_argument("-o", "--out", required=True, help="output .pth file (must not exist)")
     ee.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint of the fold to read")
@@ -172,13 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Writes OUT/DatasetXXX/TRAINER__PLANS__CONFIG with plans.json, dataset.json, "
                                     "onnx_export.json and fold_X/model.onnx (patch-sized input, dynamic batch), each "
                                     "checked against torch with ONNX Runtime. Reads $nnUNet_results.")
-    eo.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name")
-    eo.add_argument("-c", "--configuration", required=True)
-    eo.add_argument("-tr", "--trainer", required=True)
-    eo.add_argument("-p", "--plans", default="nnUNetPlans")
-    eo.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"])
-    eo.add_argument("-o", "--out", required=True, help="output folder (the model folder inside must not exist)")
-    eo.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint to export from each fold")
+    trained_model_args(eo)
+    folds_out_args(eo)
     eo.set_defaults(func=cmd_export_onnx)
 
     from sam_nnunet.onnx_predictor import register as register_onnx_predict

@@ -19,10 +19,11 @@ Nothing existing is overwritten: the destination model folder must not exist.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -43,23 +44,26 @@ def slim_checkpoint(checkpoint: dict) -> dict:
     return slim
 
 
-def export_model(model_folder: Union[str, os.PathLike], out_root: Union[str, os.PathLike], folds: Sequence[Fold],
-                 checkpoint_name: str = "checkpoint_final.pth") -> Path:
-    """Copy ``model_folder`` (``.../DatasetXXX/TRAINER__PLANS__CONFIG``) for inference into ``out_root``.
+@contextlib.contextmanager
+def staged_model_folder(model_folder: Union[str, os.PathLike], out_root: Union[str, os.PathLike], folds: Sequence[Fold],
+                        checkpoint_name: str = "checkpoint_final.pth") -> Iterator[Path]:
+    """Checks and staging shared by the exports of a trained model folder (``.../DatasetXXX/TRAINER__PLANS__CONFIG``).
 
-    Returns the new model folder ``out_root/DatasetXXX/TRAINER__PLANS__CONFIG``.
+    Refuses a folder without plans.json / dataset.json, folds without ``checkpoint_name`` (unfinished) and an
+    existing destination ``out_root/DatasetXXX/TRAINER__PLANS__CONFIG``. Yields a temporary folder next to
+    the destination holding plans.json and dataset.json; the caller adds the folds. On success the folder
+    is renamed to the destination, on any error removed.
     """
     src = Path(model_folder)
     for name in ("plans.json", "dataset.json"):
         if not (src / name).is_file():
             raise FileNotFoundError(f"{src} is not a trained nnU-Net model folder: {name} is missing")
-    folds = list(folds)
-    if not folds:
+    if not list(folds):
         raise ValueError("give at least one fold to export")
-    sources = {f: src / f"fold_{f}" / checkpoint_name for f in folds}
-    absent = [str(p) for p in sources.values() if not p.is_file()]
+    absent = [str(src / f"fold_{f}" / checkpoint_name) for f in folds
+              if not (src / f"fold_{f}" / checkpoint_name).is_file()]
     if absent:
-        raise FileNotFoundError(f"no {checkpoint_name} for the requested folds: {absent}. Finish their training "
+        raise FileNotFoundError(f"missing {absent}: these folds have not finished training. Finish them "
                                 f"(nnUNetv2_train ... --c) or export other folds.")
     dest = Path(out_root) / src.parent.name / src.name
     if dest.exists():
@@ -70,15 +74,28 @@ def export_model(model_folder: Union[str, os.PathLike], out_root: Union[str, os.
         tmp.mkdir(parents=True)
         for name in ("plans.json", "dataset.json"):
             shutil.copyfile(src / name, tmp / name)
-        for fold, path in sources.items():
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # this project's own training output
-            (tmp / f"fold_{fold}").mkdir()
-            torch.save(slim_checkpoint(checkpoint), tmp / f"fold_{fold}" / "checkpoint_final.pth")
+        yield tmp
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
+
+
+def export_model(model_folder: Union[str, os.PathLike], out_root: Union[str, os.PathLike], folds: Sequence[Fold],
+                 checkpoint_name: str = "checkpoint_final.pth") -> Path:
+    """Copy ``model_folder`` (``.../DatasetXXX/TRAINER__PLANS__CONFIG``) for inference into ``out_root``.
+
+    Returns the new model folder ``out_root/DatasetXXX/TRAINER__PLANS__CONFIG``.
+    """
+    folds = list(folds)
+    with staged_model_folder(model_folder, out_root, folds, checkpoint_name) as tmp:
+        for fold in folds:
+            # this project's own training output
+            checkpoint = torch.load(Path(model_folder) / f"fold_{fold}" / checkpoint_name, map_location="cpu",
+                                    weights_only=False)
+            (tmp / f"fold_{fold}").mkdir()
+            torch.save(slim_checkpoint(checkpoint), tmp / f"fold_{fold}" / "checkpoint_final.pth")
+    return Path(out_root) / Path(model_folder).parent.name / Path(model_folder).name
 
 
 def model_folder(dataset: str, configuration: str, trainer: str, plans: str, results: Optional[str] = None) -> Path:

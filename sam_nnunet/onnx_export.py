@@ -40,7 +40,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sam_nnunet.export import Fold, load_fold_network, model_folder
+from sam_nnunet.export import Fold, load_fold_network, model_folder, staged_model_folder
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -174,28 +173,8 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_root: Union[str, os.Path
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
     require("onnx"), require("onnxruntime")
-    src = Path(model_dir)
-    for name in ("plans.json", "dataset.json"):
-        if not (src / name).is_file():
-            raise FileNotFoundError(f"{src} is not a trained nnU-Net model folder: {name} is missing")
-    folds = list(folds)
-    if not folds:
-        raise ValueError("give at least one fold to export")
-    absent = [str(src / f"fold_{f}") for f in folds if not (src / f"fold_{f}" / checkpoint_name).is_file()]
-    if absent:
-        raise FileNotFoundError(f"no {checkpoint_name} in {absent}: these folds have not finished training. "
-                                f"Finish them (nnUNetv2_train ... --c) or export other folds.")
-    dest = Path(out_root) / src.parent.name / src.name
-    if dest.exists():
-        raise FileExistsError(f"{dest} already exists; not overwriting it. Choose an empty output folder.")
-
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")  # per process: two exports never share it
-    shutil.rmtree(tmp, ignore_errors=True)
-    meta: Dict = {}
-    try:
-        tmp.mkdir(parents=True)
-        for name in ("plans.json", "dataset.json"):
-            shutil.copyfile(src / name, tmp / name)
+    src, folds, meta = Path(model_dir), list(folds), {}
+    with staged_model_folder(src, out_root, folds, checkpoint_name) as tmp:
         for fold in folds:
             network, predictor = load_fold_network(src, fold, checkpoint_name)
             patch = [int(s) for s in predictor.configuration_manager.patch_size]
@@ -232,11 +211,7 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_root: Union[str, os.Path
                       f"random tile (max |logit difference| {check['max_abs_logit_difference']:.2g}, argmax "
                       f"agreement {check['argmax_agreement']:.2%})", flush=True)
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return Path(out_root) / src.parent.name / src.name
 
 
 def read_export(folder: Union[str, os.PathLike]) -> Dict:

@@ -45,6 +45,12 @@ def crop_acdc(dest: Path, n_patients: int, size: int = 96, slices: int = 3) -> P
 
 
 @pytest.fixture(scope="session")
+def acdc_patient() -> Path:
+    """The first shipped ACDC patient's folder (official layout)."""
+    return acdc_patients(1)[0]
+
+
+@pytest.fixture(scope="session")
 def acdc_crop(tmp_path_factory) -> Path:
     """Six real ACDC patients (12 volumes), 96 x 96 x 3 crops, official layout."""
     return crop_acdc(tmp_path_factory.mktemp("acdc_src") / "ACDC", 6)

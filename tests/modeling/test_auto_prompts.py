@@ -96,14 +96,12 @@ def test_prefix_max_scan_equals_cummax():
     assert torch.equal(_prefix_max(x, -1000), x.cummax(dim=1).values)
 
 
-def acdc_aux_logits(n_slices=6, seed=0):
+def acdc_aux_logits(patient, n_slices=6, seed=0):
     """Auxiliary logits shaped by real ACDC labels (one-hot x 4 plus noise): N x 4 x 128 x 128; the first slice
     has no RV (class 1)."""
     import nibabel as nib
 
-    from conftest import acdc_patients
-
-    gt = next(acdc_patients(1)[0].glob("*_frame01_gt.nii.gz"))
+    gt = next(patient.glob("*_frame01_gt.nii.gz"))
     labels = torch.from_numpy(np.asarray(nib.load(str(gt)).dataobj)).long().permute(2, 0, 1)  # z x H x W
     z = labels.shape[0] // 2
     labels = labels[z - n_slices // 2: z - n_slices // 2 + n_slices]
@@ -114,7 +112,7 @@ def acdc_aux_logits(n_slices=6, seed=0):
     return 4 * F.one_hot(labels, 4).permute(0, 3, 1, 2).float() + noise
 
 
-def test_exported_prompt_step_gives_the_eager_prompts(tmp_path):
+def test_exported_prompt_step_gives_the_eager_prompts(tmp_path, acdc_patient):
     """The traced prompt step (torch distance transform, per-class loop, pooled masks) run by ONNX Runtime
     equals the eager one (SciPy's distance transform on CPU) exactly, at a batch other than the traced one."""
     import onnxruntime as ort
@@ -124,7 +122,7 @@ def test_exported_prompt_step_gives_the_eager_prompts(tmp_path):
             p = prompts_from_masks(aux, mask_size=(32, 32))
             return p.boxes, p.points, p.present, p.masks
 
-    aux = acdc_aux_logits()
+    aux = acdc_aux_logits(acdc_patient)
     torch.onnx.export(PromptStep(), (aux[:2],), str(tmp_path / "p.onnx"), dynamo=False, opset_version=17,
                       input_names=["aux"], dynamic_axes={"aux": {0: "n"}})
     session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
