@@ -79,6 +79,10 @@ def dice_per_class(a: np.ndarray, b: np.ndarray, labels) -> Dict[str, float]:
     return out
 
 
+def mean_per_class(dices: List[Dict[str, float]], labels) -> Dict[str, float]:
+    return {k: float(np.mean([d[k] for d in dices])) for k in labels}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", required=True, help="nnUNet_results holding the models")
@@ -145,13 +149,13 @@ def main(argv=None) -> int:
             gt = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{case}{ending}")))
             agree.append(dice_per_class(a, b, labels)), gt_t.append(dice_per_class(gt, a, labels))
             gt_o.append(dice_per_class(gt, b, labels))
-        mean = lambda ds: {k: float(np.mean([d[k] for d in ds])) for k in labels}  # noqa: E731
         onnx_bytes = (onnx_model / "fold_0" / "model.onnx").stat().st_size
         rows.append({"model": spec, "trained": trained, "volumes": len(cases),
                      "torch": dict(t, s_per_volume=t["wall_s"] / len(cases)),
                      "onnxruntime": dict(o, s_per_volume=o["wall_s"] / len(cases)),
                      "speedup": t["wall_s"] / o["wall_s"], "onnx_mib": onnx_bytes / 2 ** 20,
-                     "dice_onnx_vs_torch": mean(agree), "dice_gt_torch": mean(gt_t), "dice_gt_onnx": mean(gt_o)})
+                     "dice_onnx_vs_torch": mean_per_class(agree, labels), "dice_gt_torch": mean_per_class(gt_t, labels),
+                     "dice_gt_onnx": mean_per_class(gt_o, labels)})
         print(json.dumps(rows[-1], indent=1), flush=True)
 
     import onnxruntime

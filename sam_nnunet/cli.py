@@ -71,6 +71,15 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict_onnx(args: argparse.Namespace) -> int:
+    from sam_nnunet.onnx_predictor import predict_onnx
+
+    predict_onnx(args.i, args.o, args.m, args.f, tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
+                 save_probabilities=args.save_probabilities, overwrite=not args.continue_prediction, npp=args.npp,
+                 nps=args.nps, threads=args.threads, verbose=args.verbose, allow_tqdm=not args.disable_progress_bar)
+    return 0
+
+
 def _run(cmd: List[str], env: Dict[str, str]) -> None:
     print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     subprocess.run(cmd, env=env, check=True)
@@ -183,9 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     folds_out_args(eo)
     eo.set_defaults(func=cmd_export_onnx)
 
-    from sam_nnunet.onnx_predictor import register as register_onnx_predict
-
-    register_onnx_predict(sub)
+    po = sub.add_parser("predict-onnx", help="nnUNetv2_predict with ONNX Runtime (a folder from export-onnx)",
+                        description="nnU-Net's preprocessing, sliding window (Gaussian, mirroring, fold ensemble) and "
+                                    "export with ONNX Runtime running the network. Options as nnUNetv2_predict.")
+    po.add_argument("-i", required=True, help="input folder (files named CASE_XXXX.ext, as for nnUNetv2_predict)")
+    po.add_argument("-o", required=True, help="output folder")
+    po.add_argument("-m", required=True, help="exported model folder: EXPORT/DatasetXXX/TRAINER__PLANS__CONFIG")
+    po.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every exported fold)")
+    po.add_argument("-step_size", type=float, default=0.5)
+    po.add_argument("--disable_tta", action="store_true", help="no mirroring")
+    po.add_argument("--save_probabilities", action="store_true")
+    po.add_argument("--continue_prediction", action="store_true", help="keep existing outputs, predict the rest")
+    po.add_argument("-npp", type=int, default=3, help="preprocessing processes (0 with -nps 0: sequential)")
+    po.add_argument("-nps", type=int, default=3, help="segmentation export processes")
+    po.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    po.add_argument("--verbose", action="store_true")
+    po.add_argument("--disable_progress_bar", action="store_true")
+    po.set_defaults(func=cmd_predict_onnx)
 
     from sam_nnunet.datasets.commands import register as register_converters
     from sam_nnunet.evaluation.commands import register as register_evaluation
@@ -196,12 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: List[str] | None = None) -> int:
-    from sam_nnunet.onnx_export import OnnxExportError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError, OnnxExportError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:  # OnnxExportError is a ValueError
         print(f"sam_nnunet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as e:

@@ -58,7 +58,7 @@ MODEL_FILE = "model.onnx"
 CHECK_TOLERANCE = 1e-3
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(ValueError):
     """A network that cannot be exported to ONNX, or whose export does not reproduce torch."""
 
 
@@ -143,8 +143,8 @@ def check_export(network: nn.Module, path: Union[str, os.PathLike], example: tor
         diff = float(np.abs(out - ref).max())
         spread = float(ref.max() - ref.min()) or 1.0
         same = float((out.argmax(1) == ref.argmax(1)).mean())
-        if has_discrete_prompts(network) and same < 0.99 or not has_discrete_prompts(network) and \
-                not diff <= CHECK_TOLERANCE * spread:
+        ok = same >= 0.99 if has_discrete_prompts(network) else diff <= CHECK_TOLERANCE * spread
+        if not ok:
             raise OnnxExportError(f"the ONNX model's logits differ from torch's by up to {diff:.3g} (logit range "
                                   f"{spread:.3g}; argmax agrees on {same:.2%} of the pixels) at batch "
                                   f"{batch.shape[0]}: the trace does not reproduce the network")
@@ -172,33 +172,33 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_root: Union[str, os.Path
     """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-    require("onnx"), require("onnxruntime")
-    src, folds, meta = Path(model_dir), list(folds), {}
+    for module in ("onnx", "onnxruntime"):
+        require(module)
+    src, folds = Path(model_dir), list(folds)
     with staged_model_folder(src, out_root, folds, checkpoint_name) as tmp:
+        network, predictor = load_fold_network(src, folds[0], checkpoint_name)  # built once; each fold's weights below
+        patch = [int(s) for s in predictor.configuration_manager.patch_size]
+        channels = determine_num_input_channels(predictor.plans_manager, predictor.configuration_manager,
+                                                predictor.dataset_json)
+        mirroring = predictor.allowed_mirroring_axes
+        meta = {"format": "sam_nnunet onnx export 1", "trainer": predictor.trainer_name,
+                "plans": predictor.plans_manager.plans_name, "configuration": src.name.split("__")[-1],
+                "dataset": src.parent.name, "opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
+                "input_shape": ["batch", channels, *patch],
+                "output_channels": predictor.label_manager.num_segmentation_heads,
+                "inference_allowed_mirroring_axes": list(mirroring) if mirroring is not None else None,
+                "versions": _versions()}
+        props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}  # the files' metadata_props
+        meta.update(created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), folds={})
+        example = torch.randn(1, channels, *patch, generator=torch.Generator().manual_seed(0))
         for fold in folds:
-            network, predictor = load_fold_network(src, fold, checkpoint_name)
-            patch = [int(s) for s in predictor.configuration_manager.patch_size]
-            channels = determine_num_input_channels(predictor.plans_manager, predictor.configuration_manager,
-                                                    predictor.dataset_json)
-            if not meta:
-                mirroring = predictor.allowed_mirroring_axes
-                meta = {"format": "sam_nnunet onnx export 1", "trainer": predictor.trainer_name,
-                        "plans": predictor.plans_manager.plans_name, "configuration": src.name.split("__")[-1],
-                        "dataset": src.parent.name, "opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
-                        "input_shape": ["batch", channels, *patch],
-                        "output_channels": predictor.label_manager.num_segmentation_heads,
-                        "inference_allowed_mirroring_axes": list(mirroring) if mirroring is not None else None,
-                        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        "versions": _versions(), "folds": {}}
+            checkpoint = torch.load(src / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
+            network.load_state_dict(checkpoint["network_weights"])
             if verbose:
                 print(f"exporting fold {fold} of {predictor.trainer_name} ({type(network).__name__}, "
                       f"patch {patch}) ...", flush=True)
-            example = torch.randn(1, channels, *patch, generator=torch.Generator().manual_seed(0))
             path = tmp / f"fold_{fold}" / MODEL_FILE
             path.parent.mkdir()
-            checkpoint = torch.load(src / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
-            props = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()
-                     if k not in ("folds", "created")}
             try:
                 export_network(network, example, path, metadata=dict(props, fold=str(fold)))
                 check = check_export(network, path, example)

@@ -17,7 +17,6 @@ Not supported: cascades (``-prev_stage_predictions``; no trainer of the project 
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
@@ -44,23 +43,16 @@ class OnnxNetwork(nn.Module):
         self.sessions = sessions
         self.fold = next(iter(sessions))
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D401 - nn.Module API
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         fold = state_dict.get(FOLD_KEY) if isinstance(state_dict, dict) else None
         if fold not in self.sessions:
-            raise KeyError(f"OnnxNetwork takes {{'{FOLD_KEY}': fold}} with a fold in {sorted(self.sessions)}, "
-                           f"got {type(state_dict).__name__} {list(state_dict)[:3] if isinstance(state_dict, dict) else ''}")
+            raise KeyError(f"OnnxNetwork takes {{'{FOLD_KEY}': fold}} with a fold in {sorted(self.sessions)}")
         self.fold = fold
         return nn.modules.module._IncompatibleKeys([], [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.sessions[self.fold].run([OUTPUT_NAME], {INPUT_NAME: x.detach().to("cpu", torch.float32).numpy()})[0]
         return torch.from_numpy(out).to(x.device)
-
-
-def _nnunet_predictor_class():
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    return nnUNetPredictor
 
 
 def make_predictor(folder: Union[str, os.PathLike], folds: Optional[Sequence[Union[int, str]]] = None, *,
@@ -72,6 +64,7 @@ def make_predictor(folder: Union[str, os.PathLike], folds: Optional[Sequence[Uni
     intra-op threads (default: its own choice).
     """
     from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     ort = require("onnxruntime")
@@ -103,10 +96,9 @@ def make_predictor(folder: Union[str, os.PathLike], folds: Optional[Sequence[Uni
                              f"belong to these plans")
         sessions[f] = session
 
-    predictor = _nnunet_predictor_class()(tile_step_size=tile_step_size, use_gaussian=True,
-                                          use_mirroring=use_mirroring, perform_everything_on_device=False,
-                                          device=torch.device("cpu"), verbose=verbose, verbose_preprocessing=verbose,
-                                          allow_tqdm=allow_tqdm)
+    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=verbose,
+                                verbose_preprocessing=verbose, allow_tqdm=allow_tqdm)
     mirroring = meta.get("inference_allowed_mirroring_axes")
     predictor.manual_initialization(OnnxNetwork(sessions), plans_manager, configuration_manager,
                                     [{FOLD_KEY: f} for f in folds], dataset_json, meta["trainer"],
@@ -131,31 +123,3 @@ def predict_onnx(input_folder: str, output_folder: str, model: Union[str, os.Pat
         predictor.predict_from_files(input_folder, output_folder, save_probabilities=save_probabilities,
                                      overwrite=overwrite, num_processes_preprocessing=max(npp, 1),
                                      num_processes_segmentation_export=max(nps, 1))
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """``sam_nnunet predict-onnx``, with nnUNetv2_predict's option names."""
-    p = sub.add_parser("predict-onnx", help="nnUNetv2_predict with ONNX Runtime (a folder from export-onnx)",
-                       description="nnU-Net's preprocessing, sliding window (Gaussian, mirroring, fold ensemble) and "
-                                   "export with ONNX Runtime running the network. Options as nnUNetv2_predict.")
-    p.add_argument("-i", required=True, help="input folder (files named CASE_XXXX.ext, as for nnUNetv2_predict)")
-    p.add_argument("-o", required=True, help="output folder")
-    p.add_argument("-m", required=True, help="exported model folder: EXPORT/DatasetXXX/TRAINER__PLANS__CONFIG")
-    p.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every exported fold)")
-    p.add_argument("-step_size", type=float, default=0.5)
-    p.add_argument("--disable_tta", action="store_true", help="no mirroring")
-    p.add_argument("--save_probabilities", action="store_true")
-    p.add_argument("--continue_prediction", action="store_true", help="keep existing outputs, predict the rest")
-    p.add_argument("-npp", type=int, default=3, help="preprocessing processes (0 with -nps 0: sequential)")
-    p.add_argument("-nps", type=int, default=3, help="segmentation export processes")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--disable_progress_bar", action="store_true")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    predict_onnx(args.i, args.o, args.m, args.f, tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
-                 save_probabilities=args.save_probabilities, overwrite=not args.continue_prediction, npp=args.npp,
-                 nps=args.nps, threads=args.threads, verbose=args.verbose, allow_tqdm=not args.disable_progress_bar)
-    return 0

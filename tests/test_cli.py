@@ -26,3 +26,12 @@ def test_convert_errors_are_one_clear_line(tmp_path, nnunet_env):
     out = sam_nnunet("convert-acdc", "-i", str(tmp_path / "missing"))
     assert out.returncode == 2
     assert "official ACDC layout" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_command_line_starts_without_importing_torch():
+    """Every subcommand's parser is built without torch (or ONNX Runtime): `sam_nnunet env`, `--help` and argument
+    errors answer in a fraction of a second; commands import what they use when they run."""
+    probe = ("import sys, sam_nnunet.cli as c; c.build_parser(); "
+             "print(sorted(m for m in ('torch', 'onnxruntime', 'nnunetv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -113,7 +113,6 @@ def assert_backends_agree(network, tiles, path, rtol=RTOL):
         assert out.shape == ref.shape
         scale = np.abs(ref).max()
         assert ref.std() > 1e-3 * scale > 0  # logits that vary over the tile, not a constant
-        print(f"{out.shape}: relative |ONNX Runtime - torch| {np.abs(out - ref).max() / scale:.2g}")
         np.testing.assert_allclose(out, ref, rtol=0, atol=rtol * scale)
 
 
