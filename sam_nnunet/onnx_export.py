@@ -15,7 +15,9 @@ feeds it. The same metadata are also in each file's ``metadata_props``, so a lon
 
 Choices:
 
-* Exporter: torch's TorchScript-based exporter (``dynamo=False``), opset 17. The dynamo exporter of the
+* Exporter: torch's TorchScript-based exporter (``dynamo=False``), opset 17, or higher where a module asks
+  for it (``min_onnx_opset``: PG-SAM's deformable convolution is ONNX ``DeformConv``, opset 19; torchvision
+  registers no exporter for it, so :func:`_register_deform_conv` does). The dynamo exporter of the
   tested torch (2.14) fails on the ViT blocks (its decomposition of ``scaled_dot_product_attention``
   with an attention bias views a non-contiguous tensor); the TorchScript exporter handles every trainer
   of the project and takes about a second per fold.
@@ -82,12 +84,35 @@ def _operator(message: str) -> str:
     return ""
 
 
+def required_opset(network: nn.Module) -> int:
+    """The opset ``network`` is exported at: :data:`OPSET`, or the highest ``min_onnx_opset`` of its modules."""
+    return max([OPSET] + [getattr(m, "min_onnx_opset", OPSET) for m in network.modules()])
+
+
+def _register_deform_conv() -> None:
+    """Export ``torchvision::deform_conv2d`` as ONNX ``DeformConv`` (opset 19); torchvision registers none."""
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+    def deform_conv2d(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                      groups, offset_groups, use_mask):
+        inputs = [input, weight, offset, bias] + ([mask] if use_mask else [])
+        return g.op("DeformConv", *inputs, strides_i=[stride_h, stride_w], pads_i=[pad_h, pad_w, pad_h, pad_w],
+                    dilations_i=[dil_h, dil_w], group_i=groups, offset_group_i=offset_groups)
+
+    torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", deform_conv2d, 19)
+
+
 def export_network(network: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike],
-                   metadata: Optional[Dict[str, str]] = None, opset: int = OPSET) -> None:
-    """Trace ``network`` (eval mode, CPU) on ``example`` (1 x C x *patch) and write ``path`` with a dynamic batch.
+                   metadata: Optional[Dict[str, str]] = None, opset: Optional[int] = None) -> None:
+    """Trace ``network`` (eval mode, CPU) on ``example`` (1 x C x *patch) and write ``path`` with a dynamic batch,
+    at ``opset`` (default: :func:`required_opset`).
 
     Raises :class:`OnnxExportError` naming the operator the exporter cannot handle.
     """
+    opset = opset or required_opset(network)
+    if opset >= 19:
+        _register_deform_conv()
     axes = {0: "batch"}
     try:
         with warnings.catch_warnings():
@@ -183,7 +208,7 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_root: Union[str, os.Path
         mirroring = predictor.allowed_mirroring_axes
         meta = {"format": "sam_nnunet onnx export 1", "trainer": predictor.trainer_name,
                 "plans": predictor.plans_manager.plans_name, "configuration": src.name.split("__")[-1],
-                "dataset": src.parent.name, "opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
+                "dataset": src.parent.name, "opset": required_opset(network), "input": INPUT_NAME, "output": OUTPUT_NAME,
                 "input_shape": ["batch", channels, *patch],
                 "output_channels": predictor.label_manager.num_segmentation_heads,
                 "inference_allowed_mirroring_axes": list(mirroring) if mirroring is not None else None,

@@ -66,19 +66,22 @@ class HierarchicalMaskDecoderBlock(nn.Module):
         transformer_depth: int = 2,
         transformer_mlp_dim: int = 2048,
         transformer_heads: int = 8,
+        upscaling: bool = True,
     ) -> None:
         """
         Args:
             transformer_dim: D, the decoder width (256 in SAM).
             num_mask_tokens: K, one per nnU-Net segmentation head.
             transformer_depth / transformer_mlp_dim / transformer_heads: SAM's two-way transformer.
+            upscaling: build SAM's 4x upscaling; False for a network that upsamples itself (PG-SAM's MLFF)
+                and calls :meth:`attend` and :meth:`mask_logits`.
         """
         super().__init__()
         self.transformer = TwoWayTransformer(depth=transformer_depth, embedding_dim=transformer_dim,
                                              num_heads=transformer_heads, mlp_dim=transformer_mlp_dim)
         self.num_mask_tokens = num_mask_tokens
         self.mask_tokens = nn.Embedding(num_mask_tokens, transformer_dim)
-        self.output_upscaling = build_output_upscaling(transformer_dim)
+        self.output_upscaling = build_output_upscaling(transformer_dim) if upscaling else None
         self.output_hypernetworks = BatchedMLP(num_mlps=num_mask_tokens, input_dim=transformer_dim,
                                                hidden_dim=transformer_dim, output_dim=transformer_dim // 8)
 
@@ -94,16 +97,24 @@ class HierarchicalMaskDecoderBlock(nn.Module):
         Returns:
             (output_j: B x D x h x w, mask logits: B x K x 4h x 4w, or None).
         """
+        features, mask_tokens = self.attend(image_embedding, image_pe, prompt_tokens)
+        if not predict_masks:
+            return features, None
+        return features, self.mask_logits(mask_tokens, self.output_upscaling(features))
+
+    def attend(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
+               prompt_tokens: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer: (B x D x h x w, 1 x D x h x w, c x D or None) -> (updated image embedding
+        B x D x h x w, mask tokens after the transformer B x K x D)."""
         B, D, h, w = image_embedding.shape
         tokens = self.mask_tokens.weight
         if prompt_tokens is not None:
             tokens = torch.cat([tokens, prompt_tokens.to(tokens.dtype)], dim=0)
         tokens = tokens.unsqueeze(0).expand(B, -1, -1)
         hs, src = self.transformer(image_embedding, image_pe, tokens)
-        features = src.transpose(1, 2).reshape(B, D, h, w)
-        if not predict_masks:
-            return features, None
-        upscaled = self.output_upscaling(features)
-        hyper_in = self.output_hypernetworks(hs[:, : self.num_mask_tokens])
-        masks = (hyper_in @ upscaled.flatten(2)).view(B, self.num_mask_tokens, *upscaled.shape[2:])
-        return features, masks
+        return src.transpose(1, 2).reshape(B, D, h, w), hs[:, : self.num_mask_tokens]
+
+    def mask_logits(self, mask_tokens: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
+        """Hypernetworks: mask tokens B x K x D and upscaled features B x D/8 x H x W -> logits B x K x H x W."""
+        hyper_in = self.output_hypernetworks(mask_tokens)
+        return (hyper_in @ upscaled.flatten(2)).view(upscaled.shape[0], self.num_mask_tokens, *upscaled.shape[2:])

