@@ -1,12 +1,12 @@
 """SAM trainers against nnUNetTrainer, side by side, in one process, on the same data and split.
 
-    python benchmarks/benchmark.py --out runs/bench              # default: 5 min budget per trainer, ~20 min on 2 CPU cores
+    python benchmarks/benchmark.py --out runs/bench              # default: 5 min budget per trainer, ~30 min on 2 CPU cores
     python benchmarks/benchmark.py --out runs/bench_quick --quick # seconds of training, for the test
     python benchmarks/benchmark.py --out runs/kvasir --dataset kvasir          # HSP-SAM's own task: polyps, 2D RGB
     python benchmarks/benchmark.py --out runs/transfer --checkpoint enc.pth \
         --trainers HSPSAMTrainer HSPSAMTrainer+pretrained                      # frozen pretrained encoder vs scratch
 
-For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer`` and ``SelfPromptSAMTrainer``), built by nnU-Net's own
+For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer``, ``SelfPromptSAMTrainer`` and ``PGSAMTrainer``), built by nnU-Net's own
 ``get_trainer_from_args`` on the same plans (``nnUNetPlans_SAMcpu``: 2d, patch 128 x 128, batch 8)
 and fold 0 of the same patient-grouped split, it measures, one trainer after the other so the
 machine's noise hits all alike:
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
                                         "(e.g. from sam_nnunet export-encoder)")
     p.add_argument("--nnunet-raw")
     p.add_argument("--nnunet-preprocessed")
-    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"])
+    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"])
     p.add_argument("--patients", type=int, default=30)
     p.add_argument("--budget-min", type=float, default=5.0, help="training wall-clock budget per trainer")
     p.add_argument("--steps", type=int, default=20)

@@ -11,7 +11,8 @@ Network: :mod:`sam_nnunet.modeling.pg_sam` (LoRA rank 4 SAM encoder, FGMPA, MLFF
   ``"sam_nnunet"`` block as {label: text}) are recorded in the plans saved with the model, encoded once in
   :meth:`initialize` by the packaged all-MiniLM-L6-v2 (extra ``[text]``) and stored in the network's
   weights, so prediction needs no text encoder.
-* 2d is the paper's setting; ``3d_fullres`` runs the network slice by slice.
+* 2d is the paper's setting; ``3d_fullres`` runs the network slice by slice. Region-based datasets are
+  refused (a softmax method, as the paper's multi-organ setting).
 
 Table 2 rows by name (or with the same switches in a plans' ``"sam_nnunet"`` block)::
 
@@ -27,6 +28,8 @@ Gamma_channel cancels), ``_SignedUpdate`` (IMO updates in (-1, 1) instead of the
 Epoch variants: ``PGSAMTrainer_{1epoch,5epochs,...,250epochs}``.
 """
 import numpy as np
+import torch
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from sam_nnunet.modeling.text_prior import TEXT_ENCODER, TEXT_FOLDER, class_texts, encode_texts
 from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants
@@ -40,6 +43,14 @@ class PGSAMTrainer(SAMTrainerBase):
     base_weight_decay = 0.1
     dice_weight = 0.8
     ce_weight = 0.2
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        if LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order")).has_regions:
+            raise ValueError("PG-SAM predicts one class per pixel (softmax over the mask tokens; IMO's refined masks "
+                             "leave as log-probabilities); this dataset is region-based (regions_class_order in "
+                             "dataset.json). Use HSPSAMTrainer for regions.")
+        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def complete_network_kwargs(self, kwargs: dict) -> dict:
         """The class descriptions, resolved from the dataset once and recorded with the model (a list, in output

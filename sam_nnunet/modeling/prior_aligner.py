@@ -11,7 +11,9 @@ Given SAM features F_sam (B x C x h x w, L = h*w positions) and class text vecto
 
 Gamma_channel is a LayerNorm over the C channels at each position (segment-anything's LayerNorm2d),
 Gamma_spatial a normalisation over the L positions of each channel with a per-channel affine (an
-instance norm: "layer norm over space").
+instance norm: "layer norm over space"). Gamma_channel's own per-channel affine is cancelled by
+Gamma_spatial's per-channel normalisation (a positive scale and a shift per channel), so those 2C
+parameters barely train; they are kept so that Eq. 3 reads as written and either norm can be tried alone.
 
 **Where W_s acts (``weighting``).** The paper's W_s is B x 1 x L, one weight per position. A positive
 per-position factor cancels in Gamma_channel: LN(w * y) = LN(y) for w > 0 (up to LN's epsilon), so

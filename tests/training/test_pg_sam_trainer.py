@@ -125,3 +125,28 @@ def test_plans_switches_and_class_text_override(acdc_env):
 
     with pytest.raises(ValueError, match="not labels of this dataset"):
         _trainer_with_block(acdc_env, {"class_texts": {"LV": "typo"}})
+
+
+def test_builtin_descriptions_cover_the_project_datasets():
+    """Every label the project's converters write gets its own anatomical sentence, not the generic fallback."""
+    from sam_nnunet.datasets import acdc, amos, synapse
+    from sam_nnunet.modeling.text_prior import default_text
+
+    names = [n for n in acdc.LABELS if n != "background"] + [n for n in synapse.LABELS if n != "background"]
+    names += list(amos.ORGANS) + ["polyp", "lesion"]
+    texts = {name: default_text(name, "CT") for name in names}
+    generic = {name: t for name, t in texts.items() if t == f"CT image showing the {name}."}
+    assert not generic
+    assert len(set(texts.values())) >= len(texts) - 1  # "right adrenal gland" and "left adrenal gland" share one
+    assert "right kidney" in texts["right kidney"] and "left kidney" in texts["left kidney"]
+
+
+def test_region_datasets_are_refused(acdc_env):
+    folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    plans = copy.deepcopy(load_json(str(folder / f"{PLANS}.json")))
+    plans["continue_training"] = False
+    dataset = dict(load_json(str(folder / "dataset.json")), labels={"background": 0, "heart": [1, 2, 3], "LV": [2, 3]},
+                   regions_class_order=[1, 2])
+    cls = type(get_trainer_from_args("27", "2d", 0, "PGSAMTrainer", PLANS, device=CPU))
+    with pytest.raises(ValueError, match="region-based"):
+        cls(plans, "2d", 0, dataset, CPU)
