@@ -274,8 +274,12 @@ def freeze_pretrained_encoder(model: nn.Module, report: Optional[LoadReport] = N
     """HSP-SAM's freezing: the encoder tensors the checkpoint supplied are frozen, LoRA and all else trained.
 
     Without a report (no file, e.g. tests of the LoRA training path) every non-LoRA encoder parameter
-    counts as supplied, i.e. the encoder of a complete checkpoint. Returns (frozen, trainable) encoder counts.
+    counts as supplied, i.e. the encoder of a complete checkpoint. A network without LoRA (``lora_rank`` 0:
+    the encoder is fine-tuned in full, HSP-SAM's Ft-SAM) freezes nothing. Returns (frozen, trainable) encoder
+    counts.
     """
+    if getattr(model, "lora_rank", None) == 0:
+        return 0, sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
     if report is None:
         report = LoadReport(path="<complete SAM checkpoint assumed>", loaded=[
             f"encoder.{n}" for n, _ in model.encoder.named_parameters() if not _LORA_KEY.search(n)])

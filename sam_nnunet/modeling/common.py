@@ -1,7 +1,7 @@
 """Shape helpers shared by the 2D and 3D paths of every SAM network, and an instance norm that exports exactly."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,25 @@ def unfold_depth(x: torch.Tensor, depth: int) -> torch.Tensor:
 
 
 Outputs = Union[torch.Tensor, List[torch.Tensor]]
+
+
+def check_channels(network: nn.Module, x: torch.Tensor) -> None:
+    """A clear error when ``x`` (B x C x ...) does not have the ``num_input_channels`` the network was built for."""
+    if x.shape[1] != network.num_input_channels:
+        raise ValueError(f"{type(network).__name__} was built for {network.num_input_channels} input channel(s) (the "
+                         f"dataset's channel_names) but got an image with {x.shape[1]}: {tuple(x.shape)}")
+
+
+def slices_for_vit(network: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[int], Tuple[int, int]]:
+    """The input of a slice-wise 2D network: channels checked, a 3d patch folded into slices, padded to the ViT
+    patch size. B x C x (D x) H x W -> ((B*D) x C x H' x W', D or None, (H, W)); undo with :func:`unfold_depth`
+    and a crop to (H, W)."""
+    check_channels(network, x)
+    depth = None
+    if x.ndim == 5:
+        x, depth = fold_depth(x)
+    x, size = pad_to_multiple(x, network.patch_size)
+    return x, depth, size
 
 
 def traceable_instance_norm(norm: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor) -> torch.Tensor:

@@ -57,10 +57,9 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_supplied
-from .common import Outputs, fold_depth, pad_to_multiple, padded_size, unfold_depth
-from .image_encoder import SAMImageEncoder, build_sam_neck
-from .lora import apply_lora
+from .checkpoint import LoadReport, freeze_pretrained_encoder
+from .common import Outputs, slices_for_vit, unfold_depth
+from .image_encoder import build_lora_encoder, build_sam_neck
 from .mask_decoder import HierarchicalMaskDecoderBlock
 from .qa_prompts import QAPromptPairs
 from .registry import get_encoder_config
@@ -99,8 +98,6 @@ class HSPSAM(nn.Module):
         super().__init__()
         if q_prompts_at not in ("blocks", "input"):
             raise ValueError(f"q_prompts_at must be 'blocks' or 'input', got {q_prompts_at!r}")
-        if lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA, encoder fine-tuned in full), got {lora_rank}")
         cfg = get_encoder_config(encoder)
         self.encoder_name = encoder
         self.num_input_channels = num_input_channels
@@ -111,13 +108,8 @@ class HSPSAM(nn.Module):
         self.deep_supervision = deep_supervision
         self.q_prompts_at = q_prompts_at
         self.lora_rank = lora_rank
-        self.encoder = SAMImageEncoder(
-            img_size=padded_size(img_size, cfg.patch_size), patch_size=cfg.patch_size, in_chans=num_input_channels,
-            embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, window_size=cfg.window_size,
-            global_attn_indexes=cfg.global_attn_indexes,
-        )
-        if lora_rank > 0:
-            apply_lora(self.encoder.blocks, rank=lora_rank, targets=lora_targets)
+        self.encoder = build_lora_encoder(cfg, img_size=img_size, in_chans=num_input_channels, lora_rank=lora_rank,
+                                          lora_targets=lora_targets)
 
         self.num_levels = len(cfg.global_attn_indexes) if hierarchical else 1
         self.num_prompts = num_prompts if num_prompts is not None else max(num_classes - 1, 1)
@@ -175,13 +167,7 @@ class HSPSAM(nn.Module):
 
         Returns B x K x H(xD) x W logits, or a list of N such tensors (level 1 first) with deep supervision.
         """
-        if x.shape[1] != self.num_input_channels:
-            raise ValueError(f"HSPSAM was built for {self.num_input_channels} input channel(s) (the dataset's "
-                             f"channel_names) but got an image with {x.shape[1]}: {tuple(x.shape)}")
-        depth = None
-        if x.ndim == 5:
-            x, depth = fold_depth(x)
-        x, (H, W) = pad_to_multiple(x, self.patch_size)
+        x, depth, (H, W) = slices_for_vit(self, x)
 
         q = a = None
         if self.prompts is not None:
@@ -209,9 +195,7 @@ class HSPSAM(nn.Module):
         prompts and decoders always train. Without LoRA (``lora_rank=0``, Ft-SAM) nothing is frozen.
         Returns (frozen, trainable) encoder parameter counts.
         """
-        if self.lora_rank == 0:
-            return 0, sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
-        return freeze_supplied(self, report, prefix="encoder.")
+        return freeze_pretrained_encoder(self, report)
 
     def trainable_parts(self) -> dict:
         """Trainable parameter count per part (what Table 5's "Params" column counts)."""

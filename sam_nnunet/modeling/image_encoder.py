@@ -211,3 +211,23 @@ class SAMImageEncoder(nn.Module):
             if i in self.out_indexes:
                 outputs.append(x)
         return outputs
+
+
+def build_lora_encoder(cfg, *, img_size: Sequence[int], in_chans: int, lora_rank: int,
+                       lora_targets: Sequence[str] = ("qkv",), out_indexes: Optional[Sequence[int]] = None
+                       ) -> SAMImageEncoder:
+    """The SAM ViT of a ``registry.EncoderConfig`` for a patch (padded to the ViT patch size), with LoRA of
+    ``lora_rank`` on every block (0: none), as HSP-SAM and PG-SAM use it."""
+    from .common import padded_size
+    from .lora import apply_lora
+
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank must be >= 0 (0: no LoRA, encoder fine-tuned in full), got {lora_rank}")
+    encoder = SAMImageEncoder(
+        img_size=padded_size(img_size, cfg.patch_size), patch_size=cfg.patch_size, in_chans=in_chans,
+        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, window_size=cfg.window_size,
+        global_attn_indexes=cfg.global_attn_indexes, out_indexes=out_indexes,
+    )
+    if lora_rank > 0:
+        apply_lora(encoder.blocks, rank=lora_rank, targets=lora_targets)
+    return encoder

@@ -41,11 +41,10 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_supplied
-from .common import Outputs, fold_depth, pad_to_multiple, padded_size, unfold_depth
+from .checkpoint import LoadReport, freeze_pretrained_encoder
+from .common import Outputs, padded_size, slices_for_vit, unfold_depth
 from .feature_fusion import MultiLevelFeatureFusion
-from .image_encoder import SAMImageEncoder, build_sam_neck
-from .lora import apply_lora
+from .image_encoder import build_lora_encoder, build_sam_neck
 from .mask_decoder import HierarchicalMaskDecoderBlock
 from .mask_optimizer import IterativeMaskOptimizer
 from .prior_aligner import ModalityPriorAligner
@@ -92,8 +91,6 @@ class PGSAM(nn.Module):
             deep_supervision: return [high, low] instead of only the high-resolution logits.
         """
         super().__init__()
-        if lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {lora_rank}")
         cfg = get_encoder_config(encoder)
         self.num_input_channels = num_input_channels
         self.num_classes = num_classes
@@ -106,13 +103,8 @@ class PGSAM(nn.Module):
         num_targets = max(num_classes - 1, 1)
         dim = cfg.decoder_dim
 
-        self.encoder = SAMImageEncoder(
-            img_size=size, patch_size=cfg.patch_size, in_chans=num_input_channels, embed_dim=cfg.embed_dim,
-            depth=cfg.depth, num_heads=cfg.num_heads, window_size=cfg.window_size,
-            global_attn_indexes=cfg.global_attn_indexes, out_indexes=(cfg.depth - 1,),
-        )
-        if lora_rank > 0:
-            apply_lora(self.encoder.blocks, rank=lora_rank, targets=lora_targets)
+        self.encoder = build_lora_encoder(cfg, img_size=img_size, in_chans=num_input_channels, lora_rank=lora_rank,
+                                          lora_targets=lora_targets, out_indexes=(cfg.depth - 1,))
         self.neck = build_sam_neck(cfg.embed_dim, dim)
         self.text_prior = ClassTextPrior(num_targets=num_targets, feature_dim=dim, mode=text_prior,
                                          text_dim=text_dim) if aligner else None
@@ -153,13 +145,7 @@ class PGSAM(nn.Module):
 
         Returns B x K x (D x) H x W logits, or with deep supervision [those, coarse B x K x (D x) H/4 x W/4].
         """
-        if x.shape[1] != self.num_input_channels:
-            raise ValueError(f"PGSAM was built for {self.num_input_channels} input channel(s) (the dataset's "
-                             f"channel_names) but got an image with {x.shape[1]}: {tuple(x.shape)}")
-        depth = None
-        if x.ndim == 5:
-            x, depth = fold_depth(x)
-        x, (H, W) = pad_to_multiple(x, self.patch_size)
+        x, depth, (H, W) = slices_for_vit(self, x)
         features = self.neck(self.encoder(x)[-1].permute(0, 3, 1, 2))
         prediction, coarse = self.decode(features, self.guide(features))
 
@@ -183,9 +169,7 @@ class PGSAM(nn.Module):
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
         """Freeze the encoder tensors the checkpoint supplied (LoRA trains, as SAMed and the paper); rank 0:
         nothing frozen. The neck, prior, decoder, fusion and optimizer always train."""
-        if self.lora_rank == 0:
-            return 0, sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
-        return freeze_supplied(self, report, prefix="encoder.")
+        return freeze_pretrained_encoder(self, report)
 
     def trainable_parts(self) -> dict:
         """Trainable parameter count per part."""

@@ -62,7 +62,7 @@ from torch import nn
 
 from .auto_prompts import prompts_from_masks
 from .checkpoint import LoadReport, freeze_supplied
-from .common import Outputs, fold_depth, pad_to_multiple, padded_size
+from .common import Outputs, check_channels, fold_depth, pad_to_multiple, padded_size
 from .depth_encoder import DepthAdaptedImageEncoder
 from .image_encoder import build_sam_neck
 from .modality_adapter import ModalityAdapter
@@ -196,9 +196,7 @@ class SelfPromptSAM(nn.Module):
     def forward(self, x: torch.Tensor) -> Outputs:
         """x: B x C x H x W (2d) or B x C x D x H x W (3d) -> B x K x (D x) H x W logits, or the
         deep-supervision list ``[final, aux_full, aux_1/2, ...]``."""
-        if x.shape[1] != self.num_input_channels:
-            raise ValueError(f"SelfPromptSAM was built for {self.num_input_channels} input channel(s) (the dataset's "
-                             f"channel_names) but got an image with {x.shape[1]}: {tuple(x.shape)}")
+        check_channels(self, x)
         is_2d = x.ndim == 4
         if is_2d:
             x = x.unsqueeze(2)

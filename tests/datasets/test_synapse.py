@@ -95,3 +95,33 @@ def test_unknown_case_number_is_an_error(synapse, nnunet_env):
     (synapse / "RawData/Training/img/img0001.nii.gz").rename(synapse / "RawData/Training/img/img0061.nii.gz")
     with pytest.raises(DatasetLayoutError, match="img0061.nii.gz is not one of the 30 labelled"):
         convert_synapse(synapse, verbose=False)
+
+
+def test_pg_sam_trains_and_predicts_on_converted_synapse(synapse, nnunet_env):
+    """convert-synapse -> plan/preprocess -> PGSAMTrainer (the paper's dataset: 8 organs, CT texts) -> predict."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
+               SAM_NNUNET_SEED="0")
+    trainer, plans = "PGSAMTrainer_1epoch", "nnUNetPlans_SAMcpu"
+    pred = nnunet_env["nnUNet_results"].parent / "pred"
+    raw = nnunet_env["nnUNet_raw"] / "Dataset301_Synapse8"
+    for cmd in (["sam_nnunet", "convert-synapse", "-i", str(synapse), "-d", "301"],
+                ["nnUNetv2_plan_and_preprocess", "-d", "301", "-c", "2d", "-np", "1"],
+                ["sam_nnunet", "plans", "-d", "301", "--preset", "cpu_tiny"],
+                # two training cases: fold "all" (nnU-Net's 5-fold split needs five)
+                ["nnUNetv2_train", "301", "2d", "all", "-tr", trainer, "-p", plans, "-device", "cpu"],
+                ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", "301", "-c", "2d", "-f", "all",
+                 "-tr", trainer, "-p", plans, "-device", "cpu", "-npp", "1", "-nps", "1"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+
+    model = nnunet_env["nnUNet_results"] / "Dataset301_Synapse8" / f"{trainer}__{plans}__2d"
+    texts = json.loads((model / "plans.json").read_text())["configurations"]["2d"]["architecture"]["arch_kwargs"][
+        "class_texts"]
+    assert len(texts) == 8 and all(t.startswith("CT image showing") for t in texts)
+    assert "spleen" in texts[0] and "right kidney" in texts[1] and "pancreas" in texts[7]
+    seg = nib.load(str(pred / "case0001.nii.gz"))
+    assert seg.shape == nib.load(str(raw / "imagesTs" / "case0001_0000.nii.gz")).shape
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= set(range(9))

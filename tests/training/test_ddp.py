@@ -120,3 +120,11 @@ def test_self_prompt_sam_with_checkpoint_trains_under_ddp_in_warmup_and_full_pha
     _assert_ranks_agree_and_frozen_stay(result, 2 * STEPS)
     assert result["use_sam_decoder"] is True  # under DDP SAM's decoder runs in warm-up too (weight 1e-6)
     assert any(n.startswith("mask_decoder.") for n in result["frozen"])
+
+
+@pytest.mark.faults
+def test_pg_sam_with_checkpoint_trains_under_ddp(acdc_env, tmp_path, official_sam):
+    """Every PG-SAM part (text prior, aligner, MLFF's deformable convolution, IMO) gets a gradient on every rank."""
+    result = _run(acdc_env, tmp_path, official_sam, "PGSAMTrainer_5epochs", "2d", phases=[0])
+    _assert_ranks_agree_and_frozen_stay(result, STEPS)
+    assert all(n.startswith("encoder.") and "lora_" not in n for n in result["frozen"])
