@@ -26,7 +26,10 @@ machine's noise hits all alike:
 
 Datasets (``--dataset``): ``acdc`` (shipped ACDC cine-MRI, patient-grouped split, 3 classes) or
 ``kvasir`` (shipped Kvasir-SEG, RGB PNG through nnU-Net's natural-image reader, nnU-Net's own
-random 5-fold split, one class). A trainer named ``NAME+pretrained`` is ``NAME`` with
+random 5-fold split, one class). A trainer named ``NAME@PLANS`` runs on another plans of the same
+preprocessed data instead of ``nnUNetPlans_SAMcpu``: ``nnUNetTrainer@nnUNetPlans`` is nnU-Net with its
+own default 2d plans (its patch and batch), next to ``nnUNetTrainer`` on the SAM preset's. A trainer named
+``NAME+pretrained`` is ``NAME`` with
 ``SAM_NNUNET_CHECKPOINT=--checkpoint``: the trainer loads and freezes it as it would SAM's weights
 (the papers' setting), in its own output folder (``..._pretrained``), next to ``NAME`` from scratch.
 
@@ -47,7 +50,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = "nnUNetPlans_SAMcpu"
@@ -115,6 +118,14 @@ def prepare(args) -> Dict[str, Path]:
     return {"raw": raw, "preprocessed": pre, "results": results}
 
 
+def parse_trainer(spec: str) -> Tuple[str, str, bool]:
+    """``NAME[@PLANS][+pretrained]`` -> (trainer class, plans identifier, pretrained); plans default: ``PLANS``."""
+    pretrained = spec.endswith(PRETRAINED)
+    name = spec[: -len(PRETRAINED)] if pretrained else spec
+    trainer_class, _, plans = name.partition("@")
+    return trainer_class, plans or PLANS, pretrained
+
+
 def benchmark_trainer(name: str, args, paths) -> dict:
     import numpy as np
     import torch
@@ -124,7 +135,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     ds = DATASETS[args.dataset]
-    trainer_class, pretrained = name[: -len(PRETRAINED)] if name.endswith(PRETRAINED) else name, name.endswith(PRETRAINED)
+    trainer_class, plans, pretrained = parse_trainer(name)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = torch.device(args.device)
@@ -132,7 +143,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     if pretrained:
         os.environ["SAM_NNUNET_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
     try:
-        trainer = get_trainer_from_args(str(ds["id"]), "2d", 0, trainer_class, PLANS, device=device)
+        trainer = get_trainer_from_args(str(ds["id"]), "2d", 0, trainer_class, plans, device=device)
     finally:
         os.environ.pop("SAM_NNUNET_CHECKPOINT", None)
     if pretrained:  # its own folder next to the from-scratch run of the same trainer: TRAINER_pretrained__PLANS__2d
@@ -145,7 +156,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     trainer.num_iterations_per_epoch = args.iterations_per_epoch
     trainer.on_train_start()  # initialises network, optimiser, loss and data loaders (and loads the checkpoint)
     net = trainer.network
-    row = {"trainer": name, "network": type(net).__name__,
+    row = {"trainer": name, "plans": plans, "network": type(net).__name__,
            "params_total": sum(p.numel() for p in net.parameters()),
            "params_trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
            "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size)}
@@ -264,10 +275,11 @@ METRICS = [("step_s_median", "train step (s)"), ("infer_s_per_volume", "inferenc
 
 def markdown(rows: List[dict], meta: dict) -> str:
     base, labels = rows[0], meta["labels"]
+    plans = dict.fromkeys((r.get("plans", PLANS), tuple(r["patch_size"]), r["batch_size"]) for r in rows)
+    plans_text = "; ".join(f"plans {p} (patch {list(patch)}, batch {batch})" for p, patch, batch in plans)
     lines = [f"Machine: {meta['machine']}; device {meta['device']}; {meta['date']}; seed {meta['seed']}; "
-             f"budget {meta['budget_min']} min per trainer; plans {PLANS} (patch {base['patch_size']}, "
-             f"batch {base['batch_size']}); {meta['dataset']}, {meta['split']}: {len(base['val_cases'])} "
-             f"validation volumes.", "",
+             f"budget {meta['budget_min']} min per trainer; {plans_text}; {meta['dataset']}, {meta['split']}: "
+             f"{len(base['val_cases'])} validation volumes.", "",
              "| trainer | " + " | ".join(label for _, label in METRICS) + " | steps in budget | "
              + " | ".join(f"Dice {labels[k]}" for k in labels) + " | mean Dice | "
              + " | ".join(f"HD95 {labels[k]}" for k in labels) + " |",
@@ -341,7 +353,8 @@ def main(argv=None) -> int:
                                         "(e.g. from sam_nnunet export-encoder)")
     p.add_argument("--nnunet-raw")
     p.add_argument("--nnunet-preprocessed")
-    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"])
+    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"],
+                   help=f"NAME[@PLANS][{PRETRAINED}]; PLANS default {PLANS}, e.g. nnUNetTrainer@nnUNetPlans")
     p.add_argument("--patients", type=int, default=30)
     p.add_argument("--budget-min", type=float, default=5.0, help="training wall-clock budget per trainer")
     p.add_argument("--steps", type=int, default=20)

@@ -190,3 +190,27 @@ def test_quick_kvasir_with_a_frozen_pretrained_row(tmp_path, golden_model_folder
                                map_location="cpu", weights_only=False)["network_weights"]
     assert not torch.equal(scratch_final["encoder.blocks.1.attn.qkv.weight"], sd["image_encoder.blocks.1.attn.qkv.weight"])
     assert "HD95 polyp" in (out / "results.md").read_text()
+
+
+def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocessed, tmp_path):
+    """``nnUNetTrainer@nnUNetPlans``: nnU-Net on its own default plans, next to the same trainer on the SAM preset's."""
+    out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_NNUNET_")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick",
+                           "--nnunet-raw", str(acdc_preprocessed["nnUNet_raw"]),
+                           "--nnunet-preprocessed", str(acdc_preprocessed["nnUNet_preprocessed"]),
+                           "--processes", "1", "--trainers", "nnUNetTrainer", "nnUNetTrainer@nnUNetPlans"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["trainers"]
+    assert [(r["trainer"], r["plans"]) for r in rows] == [("nnUNetTrainer", PLANS),
+                                                          ("nnUNetTrainer@nnUNetPlans", "nnUNetPlans")]
+    default = json.loads((Path(acdc_preprocessed["nnUNet_preprocessed"]) / DATASET / "nnUNetPlans.json").read_text())
+    conf = default["configurations"]["2d"]
+    assert rows[1]["patch_size"] == conf["patch_size"] and rows[1]["batch_size"] == conf["batch_size"]
+    assert rows[0]["patch_size"] == [128, 128] and rows[0]["patch_size"] != rows[1]["patch_size"]
+    (results,) = out.glob("nnUNet_results_*")
+    for folder in (f"nnUNetTrainer__{PLANS}__2d", "nnUNetTrainer__nnUNetPlans__2d"):
+        assert (results / DATASET / folder / "fold_0" / "checkpoint_final.pth").is_file()
+    table = (out / "results.md").read_text()
+    assert f"plans {PLANS} (patch [128, 128], batch 8); plans nnUNetPlans (patch {conf['patch_size']}" in table
