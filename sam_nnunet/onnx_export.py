@@ -39,6 +39,7 @@ Choices:
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -89,6 +90,7 @@ def required_opset(network: nn.Module) -> int:
     return max([OPSET] + [getattr(m, "min_onnx_opset", OPSET) for m in network.modules()])
 
 
+@functools.lru_cache(maxsize=None)
 def _register_deform_conv() -> None:
     """Export ``torchvision::deform_conv2d`` as ONNX ``DeformConv`` (opset 19); torchvision registers none."""
     from torch.onnx import symbolic_helper

@@ -27,9 +27,9 @@ Further switches, one trainer each: ``_LearnedClasses`` (learnable class embeddi
 Gamma_channel cancels), ``_SignedUpdate`` (IMO updates in (-1, 1) instead of the paper's (0, 1)).
 Epoch variants: ``PGSAMTrainer_{1epoch,5epochs,...,250epochs}``.
 """
+import os
+
 import numpy as np
-import torch
-from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from sam_nnunet.modeling.text_prior import TEXT_ENCODER, TEXT_FOLDER, class_texts, encode_texts
 from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants
@@ -44,13 +44,8 @@ class PGSAMTrainer(SAMTrainerBase):
     dice_weight = 0.8
     ce_weight = 0.2
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        if LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order")).has_regions:
-            raise ValueError("PG-SAM predicts one class per pixel (softmax over the mask tokens; IMO's refined masks "
-                             "leave as log-probabilities); this dataset is region-based (regions_class_order in "
-                             "dataset.json). Use HSPSAMTrainer for regions.")
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    refuses_regions = ("PG-SAM predicts one class per pixel (softmax over the mask tokens; IMO's refined masks leave "
+                       "as log-probabilities).")
 
     def complete_network_kwargs(self, kwargs: dict) -> dict:
         """The class descriptions, resolved from the dataset once and recorded with the model (a list, in output
@@ -58,8 +53,8 @@ class PGSAMTrainer(SAMTrainerBase):
         kwargs = super().complete_network_kwargs(kwargs)
         texts = kwargs.get("class_texts")
         if kwargs.get("aligner", True) and kwargs.get("text_prior") == "text" and not isinstance(texts, list):
-            folder = (None if self.preprocessed_dataset_folder_base is None
-                      else f"{self.preprocessed_dataset_folder_base}/{TEXT_FOLDER}")
+            base = self.preprocessed_dataset_folder_base
+            folder = os.path.join(base, TEXT_FOLDER) if base is not None else None
             kwargs["class_texts"] = list(class_texts(self.dataset_json, self._num_targets(), folder, texts).values())
         return kwargs
 

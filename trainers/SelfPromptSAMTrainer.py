@@ -60,12 +60,11 @@ class SelfPromptSAMTrainer(SAMTrainerBase):
     #: share of the epochs that train only the prompt generator (200 of 1000 in the paper)
     warmup_fraction = 0.2
 
+    refuses_regions = "Self-Prompt-SAM predicts one class per pixel (softmax, MC-Adapter)."
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions:
-            raise ValueError("Self-Prompt-SAM predicts one class per pixel (softmax, MC-Adapter); this dataset is "
-                             "region-based (regions_class_order in dataset.json). Use HSPSAMTrainer for regions.")
         self._warmup_applied = None
 
     @property

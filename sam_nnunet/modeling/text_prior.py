@@ -182,6 +182,7 @@ class ClassTextPrior(nn.Module):
         self.mode = mode
         if mode == "text":
             self.register_buffer("text_embeddings", torch.zeros(num_targets, text_dim))
+            self._checked = False
             self.proj = nn.Linear(text_dim, feature_dim)
         elif mode == "learned":
             self.class_embeddings = nn.Parameter(torch.randn(num_targets, feature_dim) * 0.02)
@@ -201,7 +202,10 @@ class ClassTextPrior(nn.Module):
             return None
         if self.mode == "learned":
             return self.class_embeddings
-        if self.training and not torch.jit.is_tracing() and not bool(self.text_embeddings.any()):
-            raise RuntimeError("PG-SAM's text embeddings were never set (all zero): the trainer encodes the class "
-                               "texts in initialize(); a loaded checkpoint brings them")
+        if self.training and not self._checked and not torch.jit.is_tracing():
+            # once per module, not per step: reading the buffer's value would synchronise a GPU at every step
+            self._checked = bool(self.text_embeddings.any())
+            if not self._checked:
+                raise RuntimeError("PG-SAM's text embeddings were never set (all zero): the trainer encodes the class "
+                                   "texts in initialize(); a loaded checkpoint brings them")
         return self.proj(self.text_embeddings)

@@ -121,6 +121,8 @@ class SAMTrainerBase(nnUNetTrainer):
     base_weight_decay: float = 1e-2
     #: "all": every network output is supervised (deep supervision weights); "final": output 0 only
     supervised_outputs: str = "all"
+    #: None: region-based datasets (regions_class_order) train; otherwise why this method refuses them
+    refuses_regions: Optional[str] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -150,6 +152,9 @@ class SAMTrainerBase(nnUNetTrainer):
         self._resumed = False
         self._nonfinite: Optional[NonFiniteGuard] = None
         self._save_schedule: Optional[SaveSchedule] = None
+        if self.refuses_regions and self.label_manager.has_regions:
+            raise ValueError(f"{type(self).__name__}: this dataset is region-based (regions_class_order in dataset.json) "
+                             f"and {self.refuses_regions} Use HSPSAMTrainer for regions.")
         self._record_architecture()
 
     # ------------------------------------------------------------------ architecture from plans

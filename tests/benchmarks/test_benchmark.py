@@ -38,14 +38,20 @@ def number(text: str) -> float:
     return float(text.split(" (")[0].replace(",", ""))
 
 
-def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_path):
-    out = tmp_path / "bench"
+def run_quick(acdc_preprocessed, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The harness in --quick mode on the prepared ACDC crop (not converted again), without SAM_NNUNET_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_NNUNET_")}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick",
                            "--nnunet-raw", str(acdc_preprocessed["nnUNet_raw"]),
                            "--nnunet-preprocessed", str(acdc_preprocessed["nnUNet_preprocessed"]),
-                           "--processes", "1"], capture_output=True, text=True, env=env)
+                           "--processes", "1", *extra], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_path):
+    out = tmp_path / "bench"
+    proc = run_quick(acdc_preprocessed, out)
 
     # files where the docstring says: the three reports in --out; the prepared dataset used, not converted again
     result = json.loads((out / "results.json").read_text())
@@ -195,13 +201,7 @@ def test_quick_kvasir_with_a_frozen_pretrained_row(tmp_path, golden_model_folder
 def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocessed, tmp_path):
     """``nnUNetTrainer@nnUNetPlans``: nnU-Net on its own default plans, next to the same trainer on the SAM preset's."""
     out = tmp_path / "bench"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_NNUNET_")}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick",
-                           "--nnunet-raw", str(acdc_preprocessed["nnUNet_raw"]),
-                           "--nnunet-preprocessed", str(acdc_preprocessed["nnUNet_preprocessed"]),
-                           "--processes", "1", "--trainers", "nnUNetTrainer", "nnUNetTrainer@nnUNetPlans"],
-                          capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_quick(acdc_preprocessed, out, "--trainers", "nnUNetTrainer", "nnUNetTrainer@nnUNetPlans")
     rows = json.loads((out / "results.json").read_text())["trainers"]
     assert [(r["trainer"], r["plans"]) for r in rows] == [("nnUNetTrainer", PLANS),
                                                           ("nnUNetTrainer@nnUNetPlans", "nnUNetPlans")]
