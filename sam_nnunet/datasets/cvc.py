@@ -46,7 +46,7 @@ def convert_cvc(input_folder: PathLike, dataset_id: int = DEFAULT_ID, *, max_cas
     cases = match_masks(images, masks, case_id=lambda key: f"cvc_{int(key):04d}",
                         expected_mask=lambda key: f"{source / 'Ground Truth' / key}.tif or .png")
     cases = first(cases, max_cases)
-    target = convert_pairs(name=NAME, dataset_id=dataset_id, train=cases, test=[], foreground="polyp",
+    target = convert_pairs(name=NAME, dataset_id=dataset_id, train=cases, test=[], foreground="polyp", modality="endoscopy",
                            reference="Bernal et al., WM-DOVA maps for accurate polyp highlighting in colonoscopy, "
                                      "CMIG 43, 2015 (CVC-ClinicDB)",
                            licence="research use (CVC-ClinicDB terms)",

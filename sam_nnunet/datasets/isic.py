@@ -102,7 +102,7 @@ def convert_isic(input_folder: PathLike, dataset_id: Optional[int] = None, *, ye
     n_test_labels = sum(c.mask is not None for c in test)
     folds = "official split as fold 0" if val else "nnU-Net's 5 folds"
     target = convert_pairs(name=f"ISIC{year}", dataset_id=dataset_id or DEFAULT_IDS[year], train=train + val,
-                           test=test, foreground="lesion", reference=REFERENCES[year],
+                           test=test, foreground="lesion", modality="dermoscopy", reference=REFERENCES[year],
                            licence="see the LICENSE and ATTRIBUTION files of the ISIC release",
                            description=f"ISIC {year} lesion segmentation: {len(train)} training + {len(val)} "
                                        f"validation images in imagesTr ({folds}),"

@@ -39,7 +39,7 @@ def convert_kvasir(input_folder: PathLike, dataset_id: int = DEFAULT_ID, *, max_
     cases = match_masks(images, masks, case_id=lambda key: key,
                         expected_mask=lambda key: str(source / "masks" / images[key].name))
     cases = first(cases, max_cases)
-    target = convert_pairs(name=NAME, dataset_id=dataset_id, train=cases, test=[], foreground="polyp",
+    target = convert_pairs(name=NAME, dataset_id=dataset_id, train=cases, test=[], foreground="polyp", modality="endoscopy",
                            reference="Jha et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020",
                            licence="research and educational use (Kvasir-SEG terms)",
                            description=f"Kvasir-SEG polyps, {len(cases)} images; no official split (nnU-Net "

@@ -148,11 +148,13 @@ def write_case(case: Case, images_dir: Path, labels_dir: Optional[Path]) -> None
 
 
 def convert_pairs(*, name: str, dataset_id: int, train: List[Case], test: List[Case], foreground: str,
-                  reference: str, licence: str, description: str, splits: Optional[Splits] = None,
+                  modality: str, reference: str, licence: str, description: str, splits: Optional[Splits] = None,
                   raw_root: Optional[PathLike] = None, preprocessed_root: Optional[PathLike] = None) -> Path:
     """Write ``Dataset{id:03d}_{name}``: ``train`` to imagesTr/labelsTr, ``test`` to imagesTs (and labelsTs for
     those with masks); ``splits`` (case ids) to ``$nnUNet_preprocessed/<dataset>/splits_final.json``, published
-    together with the dataset (:func:`sam_nnunet.datasets.common.assembling`)."""
+    together with the dataset (:func:`sam_nnunet.datasets.common.assembling`). ``modality`` (endoscopy,
+    dermoscopy ...) goes into dataset.json as ``"imaging_modality"`` (not ``"modality"``: nnU-Net reads that legacy
+    key as the channel names): R, G, B channel names do not tell it, and ESP-MedSAM chooses its modality bags by it."""
     target = new_dataset_folder(raw_root, dataset_id, name)
     if not train:
         raise DatasetLayoutError(f"no training images found for {name}")
@@ -165,5 +167,6 @@ def convert_pairs(*, name: str, dataset_id: int, train: List[Case], test: List[C
             write_case(case, tmp / "imagesTs", tmp / "labelsTs" if case.mask else None)
         write_dataset_json(tmp, channel_names={0: "R", 1: "G", 2: "B"}, labels={"background": 0, foreground: 1},
                            file_ending=".png", dataset_name=target.name, reference=reference, licence=licence,
-                           description=description, overwrite_image_reader_writer="NaturalImage2DIO")
+                           description=description, overwrite_image_reader_writer="NaturalImage2DIO",
+                           imaging_modality=modality)
     return target

@@ -178,6 +178,10 @@ def adapt_patch_embed(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
 
 
+#: the RGB input convolution of SAM's ViT and of MobileSAM's TinyViT (mapped onto the image channels)
+PATCH_EMBED_KEYS = ("patch_embed.proj.weight", "patch_embed.seq.0.c.weight")
+
+
 def _adapt(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if value.shape == target.shape:
         return value
@@ -185,7 +189,8 @@ def _adapt(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return resize_pos_embed(value, tuple(target.shape[1:3]))
     if re.search(r"rel_pos_[hw]$", key) and value.shape[1:] == target.shape[1:]:
         return resize_rel_pos(value, target.shape[0])
-    if key.endswith("patch_embed.proj.weight") and value.shape[0] == target.shape[0]:
+    if (key.endswith(PATCH_EMBED_KEYS) and value.ndim == 4 and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:]):
         return adapt_patch_embed(value, target.shape[1])
     return value
 
@@ -219,6 +224,14 @@ def load_sam_checkpoint(model: nn.Module, path: str | os.PathLike,
             f"prompt encoder and mask decoder may be absent; they are then trained.) A copy cut short is "
             f"usually unreadable instead; check the file against its source. {EXPECTED}")
 
+    return load_mapped_state(model, sd, key_map, path, absent)
+
+
+def load_mapped_state(model: nn.Module, sd: Dict[str, torch.Tensor], key_map: Callable[[str], List[str]],
+                      path: str | os.PathLike, absent: Iterable[str] = ()) -> LoadReport:
+    """Load the checked state dict ``sd`` of the file ``path`` into ``model`` through ``key_map`` (file key ->
+    network keys; position tables and the RGB input convolution adapted, every other shape must match);
+    ``absent``: keys a complete file has and this one lacks (their network tensors become ``not_supplied``)."""
     target = model.state_dict()
     report = LoadReport(path=str(path))
     new_state: Dict[str, torch.Tensor] = {}

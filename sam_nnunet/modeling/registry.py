@@ -4,6 +4,10 @@ One place for every size so the network classes stay free of presets (cf.
 ``segment_anything.sam_model_registry``). ``vit_b/l/h`` match the official checkpoints
 (``sam_vit_b_01ec64.pth`` etc. and MedSAM's ``medsam_vit_b.pth``); ``vit_tiny`` / ``vit_small``
 have no pretrained weights and exist so that tests and CPU demos train in minutes.
+
+``LIGHT_ENCODERS`` are the TinyViT students of ESP-MedSAM (:mod:`.light_encoder`): ``tiny_vit_5m`` is
+MobileSAM's configuration (its ``mobile_sam.pt`` and the files ``sam_nnunet distill`` writes load into
+it); ``tiny_vit_micro`` is a test-sized one without pretrained weights.
 """
 from __future__ import annotations
 
@@ -41,8 +45,49 @@ ENCODERS: Dict[str, EncoderConfig] = {
 }
 
 
+@dataclass(frozen=True)
+class TinyViTConfig:
+    """A TinyViT image encoder (4 stages: MBConv, then windowed attention) with SAM's 256-wide neck."""
+
+    embed_dims: Tuple[int, int, int, int]
+    depths: Tuple[int, int, int, int]
+    num_heads: Tuple[int, int, int, int]
+    window_sizes: Tuple[int, int, int, int]
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    patch_size: int = 16  # the embedding is at 1/16 of the input, as SAM's
+    decoder_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    pretrained: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+LIGHT_ENCODERS: Dict[str, TinyViTConfig] = {
+    # MobileSAM's image encoder (mobile_sam/build_sam.py, build_sam_vit_t)
+    "tiny_vit_5m": TinyViTConfig(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
+                                 window_sizes=(7, 7, 14, 7)),
+    "tiny_vit_micro": TinyViTConfig(embed_dims=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
+                                    window_sizes=(7, 7, 7, 7), decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4,
+                                    pretrained=False),
+}
+
+
 def get_encoder_config(name: str) -> EncoderConfig:
+    """The SAM ViT preset ``name``."""
     try:
         return ENCODERS[name]
     except KeyError:
-        raise ValueError(f"Unknown encoder {name!r}; choose one of {sorted(ENCODERS)}") from None
+        light = f" ({sorted(LIGHT_ENCODERS)} are TinyViT encoders for ESP-MedSAM only)" if name in LIGHT_ENCODERS else ""
+        raise ValueError(f"Unknown encoder {name!r}{light}; choose one of {sorted(ENCODERS)}") from None
+
+
+def get_light_encoder_config(name: str) -> TinyViTConfig:
+    """The TinyViT preset ``name`` (ESP-MedSAM's student)."""
+    try:
+        return LIGHT_ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown light encoder {name!r}; choose one of {sorted(LIGHT_ENCODERS)}") from None

@@ -11,7 +11,8 @@ arguments; everything else lives here once:
   trainer that recorded them (plans from an ``HSPSAMTrainer`` folder do not turn ``_noQA`` into the
   full model); otherwise defaults come from the trainer and a ``"sam_nnunet"`` block in a plans
   configuration (written by ``sam_nnunet plans``) overrides them, e.g. ``{"encoder": "vit_tiny"}``.
-* Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM) is loaded and the
+* Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM; a network with its own
+  file layout loads it through its ``load_pretrained``, e.g. ESP-MedSAM's TinyViT) is loaded and the
   network's ``freeze_pretrained`` freezes what its paper freezes (HSP-SAM: the encoder except LoRA;
   Self-Prompt-SAM: every SAM weight), limited to the tensors the file supplied. This happens in
   ``configure_optimizers``, which nnU-Net runs after building the network and *before* wrapping it in
@@ -19,7 +20,8 @@ arguments; everything else lives here once:
   is randomly initialised and *trained*, and the log says so: a frozen random encoder is useless.
 * Optimiser: ``optimizer_name`` / ``base_learning_rate`` / ``base_weight_decay``; default AdamW (lr
   3e-4, weight decay 1e-2) with nnU-Net's poly decay, since nnU-Net's SGD at lr 1e-2 is known to
-  diverge for ViTs trained in full; a trainer whose paper states SGD (Self-Prompt-SAM) says so. All
+  diverge for ViTs trained in full; a trainer whose paper states SGD (Self-Prompt-SAM) or Adam with
+  exponential decay (ESP-MedSAM: ``lr_schedule = "exponential"``) says so. All
   parameters are in the optimiser (frozen ones have no gradient and are skipped), so its state loads
   on ``--c`` whether or not the encoder is frozen.
 * Loss: nnU-Net's Dice + CE (or Dice + BCE for regions), weighted ``dice_weight`` / ``ce_weight``.
@@ -71,6 +73,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, file_fingerprint, load_sam_checkpoint
+from sam_nnunet.training.lr_schedules import ExponentialLRScheduler
 from sam_nnunet.training.safeguards import NonFiniteGuard, SaveSchedule
 
 SEED_ENV = "SAM_NNUNET_SEED"
@@ -115,10 +118,12 @@ class SAMTrainerBase(nnUNetTrainer):
     #: loss weights (HSP-SAM Eq. 3: alpha = 0.8)
     dice_weight: float = 0.8
     ce_weight: float = 0.2
-    #: "AdamW" (ViT-friendly default) or "SGD" (nnU-Net's: momentum 0.99, Nesterov), both with poly decay
+    #: "AdamW" (ViT-friendly default), "Adam", or "SGD" (nnU-Net's: momentum 0.99, Nesterov, poly decay)
     optimizer_name: str = "AdamW"
     base_learning_rate: float = 3e-4
     base_weight_decay: float = 1e-2
+    #: with AdamW / Adam: "poly" (nnU-Net's decay) or "exponential" (to 1 % of the rate at the last epoch)
+    lr_schedule: str = "poly"
     #: "all": every network output is supervised (deep supervision weights); "final": output 0 only
     supervised_outputs: str = "all"
     #: None: region-based datasets (regions_class_order) train; otherwise why this method refuses them
@@ -248,14 +253,18 @@ class SAMTrainerBase(nnUNetTrainer):
         """
         net = self._network()
         if self.sam_checkpoint:
-            report = load_sam_checkpoint(net, self.sam_checkpoint)
+            load = getattr(net, "load_pretrained", None)  # networks whose files are not SAM ViTs load their own
+            report = load(self.sam_checkpoint) if load is not None else load_sam_checkpoint(net, self.sam_checkpoint)
             self.print_to_log_file(report.format())
             frozen, trainable = net.freeze_pretrained(report)
             self.print_to_log_file(f"{type(net).__name__}.freeze_pretrained: {frozen:,} pretrained parameters frozen, "
                                    f"{trainable:,} trained.")
         else:
-            self.print_to_log_file(
-                f"No SAM checkpoint ({CHECKPOINT_ENV} is not set): the image encoder is randomly initialised "
+            self.print_to_log_file(self.no_checkpoint_message())
+
+    def no_checkpoint_message(self) -> str:
+        """What the log says when no checkpoint is given."""
+        return (f"No SAM checkpoint ({CHECKPOINT_ENV} is not set): the image encoder is randomly initialised "
                 f"and trained in full (nothing frozen). Set {CHECKPOINT_ENV}=/path/to/sam_vit_b_01ec64.pth "
                 f"to fine-tune pretrained SAM with LoRA.")
 
@@ -263,11 +272,19 @@ class SAMTrainerBase(nnUNetTrainer):
         self._load_pretrained()
         if self.optimizer_name == "SGD":
             optimizer, lr_scheduler = super().configure_optimizers()
-        elif self.optimizer_name == "AdamW":
-            optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-            lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        elif self.optimizer_name in ("AdamW", "Adam"):
+            adam = torch.optim.AdamW if self.optimizer_name == "AdamW" else torch.optim.Adam
+            optimizer = adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+            if self.lr_schedule == "poly":
+                lr_scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+            elif self.lr_schedule == "exponential":
+                lr_scheduler = ExponentialLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+            else:
+                raise ValueError(f"{type(self).__name__}.lr_schedule must be 'poly' or 'exponential', "
+                                 f"not {self.lr_schedule!r}")
         else:
-            raise ValueError(f"{type(self).__name__}.optimizer_name must be 'AdamW' or 'SGD', not {self.optimizer_name!r}")
+            raise ValueError(f"{type(self).__name__}.optimizer_name must be 'AdamW', 'Adam' or 'SGD', "
+                             f"not {self.optimizer_name!r}")
         self._nonfinite = NonFiniteGuard(optimizer, self.max_nonfinite_steps)
         return optimizer, lr_scheduler
 

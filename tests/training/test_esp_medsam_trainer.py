@@ -1,0 +1,129 @@
+"""ESPMedSAMTrainer through the real nnU-Net commands on the shipped data (ACDC crops, Kvasir-SEG pairs), its
+Table VI rows, the modality it picks and the student loaded from a MobileSAM-layout checkpoint."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from nnunetv2.run.run_training import get_trainer_from_args
+
+CPU = torch.device("cpu")
+PLANS = "nnUNetPlans_SAMcpu"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(cmd, env):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def micro_plans(preprocessed: Path, dataset: str, name: str = "nnUNetPlans_ESPmicro") -> str:
+    """The dataset's SAM cpu plans with the test-sized TinyViT (``light_encoder`` switch in the plans block)."""
+    plans = json.loads((preprocessed / dataset / f"{PLANS}.json").read_text())
+    plans["plans_name"] = name
+    for conf in plans["configurations"].values():
+        if "sam_nnunet" in conf:
+            conf["sam_nnunet"] = {**conf["sam_nnunet"], "light_encoder": "tiny_vit_micro"}
+    (preprocessed / dataset / f"{name}.json").write_text(json.dumps(plans))
+    return name
+
+
+def test_train_resume_predict_on_acdc_through_nnunet_cli(acdc_env, acdc_predict, tmp_path):
+    env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
+               SAM_NNUNET_SEED="0")
+    env.pop("SAM_NNUNET_CHECKPOINT", None)
+    trainer = "ESPMedSAMTrainer_1epoch"
+    common = ["-tr", trainer, "-p", PLANS, "-device", "cpu"]
+    run(["nnUNetv2_train", "27", "2d", "0", *common], env)
+
+    out = acdc_env["nnUNet_results"] / "Dataset027_ACDC" / f"{trainer}__{PLANS}__2d"
+    arch = json.loads((out / "plans.json").read_text())["configurations"]["2d"]["architecture"]
+    assert arch["network_class_name"] == "sam_nnunet.modeling.esp_medsam.ESPMedSAM"
+    kwargs = arch["arch_kwargs"]
+    assert kwargs["modality"] == "MRI"  # from ACDC's channel name "cineMRI"
+    assert kwargs["light_encoder"] == "tiny_vit_5m" and kwargs["patch_layers"] == 1
+    log = next((out / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "TinyViT student is randomly initialised and trained from scratch" in log
+    assert "Adam lr 0.0001" in log and "modality 'MRI'" in log
+    weights = torch.load(out / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert "controller.bags.MRI.0.k_tokens" in weights["network_weights"]
+    assert "decoder.queries.MRI.weight" in weights["network_weights"]
+
+    resumed = run(["nnUNetv2_train", "27", "2d", "0", *common, "--c"], env)  # finished: re-validates only
+    assert "Epoch 0" not in resumed.stdout
+
+    acdc_predict(common, env, tmp_path / "pred")
+
+
+def test_3d_fullres_runs_slice_by_slice(acdc_env):
+    plans = micro_plans(acdc_env["nnUNet_preprocessed"], "Dataset027_ACDC")
+    env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
+               SAM_NNUNET_SEED="0")
+    env.pop("SAM_NNUNET_CHECKPOINT", None)
+    run(["nnUNetv2_train", "27", "3d_fullres", "0", "-tr", "ESPMedSAMTrainer_1epoch", "-p", plans, "-device", "cpu"],
+        env)
+    out = acdc_env["nnUNet_results"] / "Dataset027_ACDC" / f"ESPMedSAMTrainer_1epoch__{plans}__3d_fullres"
+    assert (out / "fold_0" / "checkpoint_final.pth").is_file()
+    assert (out / "fold_0" / "validation" / "summary.json").is_file()
+
+
+ROWS = {  # Table VI: (light encoder, SPPG, QDMD)
+    "ESPMedSAMTrainer_Baseline": (False, False, False),
+    "ESPMedSAMTrainer_MMDKD": (True, False, False),
+    "ESPMedSAMTrainer_SPPG": (False, True, False),
+    "ESPMedSAMTrainer_QDMD": (False, False, True),
+    "ESPMedSAMTrainer_MMDKD_SPPG": (True, True, False),
+    "ESPMedSAMTrainer_MMDKD_QDMD": (True, False, True),
+    "ESPMedSAMTrainer_SPPG_QDMD": (False, True, True),
+    "ESPMedSAMTrainer": (True, True, True),
+    "ESPMedSAMTeacherTrainer": (False, True, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_table_vi_rows_by_name(acdc_env, name):
+    light, sppg, qdmd = ROWS[name]
+    trainer = get_trainer_from_args("27", "2d", 0, name, PLANS, device=CPU)
+    net = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 4)
+    assert net.light == light and (net.controller is not None) == (light or name == "ESPMedSAMTeacherTrainer")
+    assert (net.sppg is not None) == sppg and net.decoder.decoupled == qdmd
+    if not light:
+        assert net.encoder.embed_dim == 64  # the CPU preset's vit_tiny applies to the SAM ViT rows only
+
+
+def _trainer_with(acdc_env, block=None, dataset=None):
+    folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    plans = json.loads((folder / f"{PLANS}.json").read_text())
+    if block is not None:
+        plans["configurations"]["2d"]["sam_nnunet"] = block
+    plans["continue_training"] = False  # nnU-Net 2.8 reads this flag from the plans dict
+    dataset_json = dataset or json.loads((folder / "dataset.json").read_text())
+    cls = type(get_trainer_from_args("27", "2d", 0, "ESPMedSAMTrainer", PLANS, device=CPU))
+    return cls(plans, "2d", 0, dataset_json, CPU)
+
+
+def test_plans_switches_and_the_modality_override(acdc_env):
+    t = _trainer_with(acdc_env, {"light_encoder": "tiny_vit_micro", "modality": "ct", "patch_prompts": False,
+                                 "num_tokens": 2})
+    t.initialize()
+    net = t.network
+    assert net.modality == "CT" and net.sppg is None and net.controller.active_bags()[0].k_tokens.shape[0] == 2
+    assert t.configuration_manager.network_arch_init_kwargs["modality"] == "CT"
+    out = net(torch.randn(2, 1, 128, 128))
+    assert isinstance(out, list) and len(out) == 1  # no SPPG: the masks only
+
+    folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    rgb = dict(json.loads((folder / "dataset.json").read_text()), channel_names={"0": "R", "1": "G", "2": "B"})
+    with pytest.raises(ValueError, match="Cannot tell the imaging modality"):
+        _trainer_with(acdc_env, {"light_encoder": "tiny_vit_micro"}, rgb)
+
+
+def test_region_datasets_are_refused(acdc_env):
+    folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    dataset = dict(json.loads((folder / "dataset.json").read_text()),
+                   labels={"background": 0, "heart": [1, 2, 3], "LV": [2, 3]}, regions_class_order=[1, 2])
+    with pytest.raises(ValueError, match="region-based"):
+        _trainer_with(acdc_env, None, dataset)
