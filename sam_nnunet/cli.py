@@ -211,10 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     po.set_defaults(func=cmd_predict_onnx)
 
     from sam_nnunet.datasets.commands import register as register_converters
+    from sam_nnunet.distill import register as register_distill
     from sam_nnunet.evaluation.commands import register as register_evaluation
 
     register_converters(sub)
     register_evaluation(sub)
+    register_distill(sub)
     return p
 
 

@@ -126,6 +126,23 @@ def acdc_predict(acdc_env):
     return lambda trainer_args, env, out: predict_acdc_test_set(acdc_env, trainer_args, env, out)
 
 
+@pytest.fixture(scope="session")
+def esp_micro_plans(acdc_preprocessed):
+    """Name of ACDC-crop plans ``nnUNetPlans_ESPmicro``: the SAM cpu plans with ESP-MedSAM's test-sized TinyViT
+    (``"light_encoder": "tiny_vit_micro"``; other trainers do not take that switch, so it has its own plans file,
+    added once next to the others)."""
+    import json
+
+    folder = acdc_preprocessed["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    plans = json.loads((folder / "nnUNetPlans_SAMcpu.json").read_text())
+    plans["plans_name"] = "nnUNetPlans_ESPmicro"
+    for conf in plans["configurations"].values():
+        if "sam_nnunet" in conf:
+            conf["sam_nnunet"] = {**conf["sam_nnunet"], "light_encoder": "tiny_vit_micro"}
+    (folder / "nnUNetPlans_ESPmicro.json").write_text(json.dumps(plans))
+    return "nnUNetPlans_ESPmicro"
+
+
 @pytest.fixture
 def acdc_env(acdc_preprocessed, tmp_path, monkeypatch):
     """The preprocessed ACDC crop with a fresh nnUNet_results folder, exported."""

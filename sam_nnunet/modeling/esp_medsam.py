@@ -118,9 +118,10 @@ class ESPMedSAM(nn.Module):
             self.controller.select(modality)
         self.decoder.select(modality)
 
-    def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """E: B x C_in x H x W (multiples of ``patch_size``) -> B x C x H/16 x W/16, with the active bags."""
-        bags = self.controller.active_bags() if self.controller is not None else None
+    def image_embedding(self, x: torch.Tensor, with_bags: bool = True) -> torch.Tensor:
+        """E: B x C_in x H x W (multiples of 16) -> B x C x H/16 x W/16, with the active modality's bags, or with
+        none (``with_bags=False``: the plain encoder, f_ViT-SAM / f_LIE of Eq. 1)."""
+        bags = self.controller.active_bags() if self.controller is not None and with_bags else None
         if self.light:
             return self.neck(self.encoder(x, bags))
         tokens = self.encoder.embed(x)

@@ -20,17 +20,6 @@ def run(cmd, env):
     return proc
 
 
-def micro_plans(preprocessed: Path, dataset: str, name: str = "nnUNetPlans_ESPmicro") -> str:
-    """The dataset's SAM cpu plans with the test-sized TinyViT (``light_encoder`` switch in the plans block)."""
-    plans = json.loads((preprocessed / dataset / f"{PLANS}.json").read_text())
-    plans["plans_name"] = name
-    for conf in plans["configurations"].values():
-        if "sam_nnunet" in conf:
-            conf["sam_nnunet"] = {**conf["sam_nnunet"], "light_encoder": "tiny_vit_micro"}
-    (preprocessed / dataset / f"{name}.json").write_text(json.dumps(plans))
-    return name
-
-
 def test_train_resume_predict_on_acdc_through_nnunet_cli(acdc_env, acdc_predict, tmp_path):
     env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0")
@@ -58,8 +47,8 @@ def test_train_resume_predict_on_acdc_through_nnunet_cli(acdc_env, acdc_predict,
     acdc_predict(common, env, tmp_path / "pred")
 
 
-def test_3d_fullres_runs_slice_by_slice(acdc_env):
-    plans = micro_plans(acdc_env["nnUNet_preprocessed"], "Dataset027_ACDC")
+def test_3d_fullres_runs_slice_by_slice(acdc_env, esp_micro_plans):
+    plans = esp_micro_plans
     env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0")
     env.pop("SAM_NNUNET_CHECKPOINT", None)
