@@ -6,7 +6,8 @@
     python benchmarks/benchmark.py --out runs/transfer --checkpoint enc.pth \
         --trainers HSPSAMTrainer HSPSAMTrainer+pretrained                      # frozen pretrained encoder vs scratch
 
-For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer``, ``SelfPromptSAMTrainer`` and ``PGSAMTrainer``), built by nnU-Net's own
+For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer``, ``SelfPromptSAMTrainer``, ``PGSAMTrainer`` and
+``ESPMedSAMTrainer``), built by nnU-Net's own
 ``get_trainer_from_args`` on the same plans (``nnUNetPlans_SAMcpu``: 2d, patch 128 x 128, batch 8)
 and fold 0 of the same patient-grouped split, it measures, one trainer after the other so the
 machine's noise hits all alike:
@@ -17,7 +18,8 @@ machine's noise hits all alike:
   0.5, Gaussian weighting, mirroring);
 * peak memory: peak RSS of the process during training and during inference (``VmHWM``, reset
   before each phase); ``torch.cuda.max_memory_allocated`` on GPU;
-* parameters, total and trainable;
+* parameters, total and trainable, and the GFLOPs of one inference forward of a patch (torch's
+  ``FlopCounterMode``);
 * validation Dice per class on fold 0 after training for the same wall-clock budget
   (``--budget-min``), with nnU-Net's poly learning-rate schedule stretched to fit that budget, and
   HD95 per class (``sam_nnunet.evaluation.metrics``: MONAI, in pixels/mm of the images' spacing;
@@ -160,8 +162,9 @@ def benchmark_trainer(name: str, args, paths) -> dict:
            "params_total": sum(p.numel() for p in net.parameters()),
            "params_trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
            "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size)}
-    print(f"[{name}] {row['network']}: {row['params_total']:,} parameters, {row['params_trainable']:,} trainable",
-          flush=True)
+    row["gflops_per_patch"] = patch_gflops(trainer, device)
+    print(f"[{name}] {row['network']}: {row['params_total']:,} parameters, {row['params_trainable']:,} trainable, "
+          f"{row['gflops_per_patch']:.2f} GFLOPs per patch", flush=True)
 
     # -- training step time and peak memory
     peak_rss_reset()
@@ -186,7 +189,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
         row["train_peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     print(f"[{name}] train step {row['step_s_median']:.3f} s (median of {len(times)})", flush=True)
 
-    # -- equal wall-clock budget, poly schedule stretched over the budget
+    # -- equal wall-clock budget, the learning-rate schedule (poly, or ESP-MedSAM's exponential) stretched over it
     budget = args.budget_min * 60
     epoch_s = row["step_s_median"] * args.iterations_per_epoch
     trainer.num_epochs = max(1, int(budget / max(epoch_s, 1e-6)))
@@ -239,6 +242,24 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     return row
 
 
+def patch_gflops(trainer, device) -> float:
+    """GFLOPs of one inference forward (batch 1, one patch, deep supervision off), counted by torch's
+    FlopCounterMode (matrix multiplications, convolutions and attention; a multiply-add is 2 FLOPs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = trainer.network
+    x = torch.zeros(1, trainer.num_input_channels, *trainer.configuration_manager.patch_size, device=device)
+    training = net.training
+    trainer.set_deep_supervision_enabled(False)
+    net.eval()
+    with FlopCounterMode(display=False) as counter:  # with autograd on: its module tracker needs grad_fn
+        net(x)
+    trainer.set_deep_supervision_enabled(True)
+    net.train(training)
+    return counter.get_total_flops() / 1e9
+
+
 def metrics_per_class(ref_dir: Path, pred_dir: Path, cases, io, ending: str, labels) -> tuple:
     """Mean Dice (nnU-Net's compute_metrics, case by case) and mean HD95 per class, with the rules of
     ``sam_nnunet.evaluation.metrics`` (classes absent from both masks left out; an empty prediction has
@@ -270,7 +291,8 @@ def metrics_per_class(ref_dir: Path, pred_dir: Path, cases, io, ending: str, lab
 
 METRICS = [("step_s_median", "train step (s)"), ("infer_s_per_volume", "inference (s/volume)"),
            ("train_peak_rss_mb", "train peak RSS (MB)"), ("infer_peak_rss_mb", "inference peak RSS (MB)"),
-           ("params_total", "parameters"), ("params_trainable", "trainable parameters")]
+           ("params_total", "parameters"), ("params_trainable", "trainable parameters"),
+           ("gflops_per_patch", "GFLOPs per patch")]
 
 
 def markdown(rows: List[dict], meta: dict) -> str:
@@ -353,7 +375,8 @@ def main(argv=None) -> int:
                                         "(e.g. from sam_nnunet export-encoder)")
     p.add_argument("--nnunet-raw")
     p.add_argument("--nnunet-preprocessed")
-    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"],
+    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer",
+                                                     "ESPMedSAMTrainer"],
                    help=f"NAME[@PLANS][{PRETRAINED}]; PLANS default {PLANS}, e.g. nnUNetTrainer@nnUNetPlans")
     p.add_argument("--patients", type=int, default=30)
     p.add_argument("--budget-min", type=float, default=5.0, help="training wall-clock budget per trainer")

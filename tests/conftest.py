@@ -120,6 +120,39 @@ def predict_acdc_test_set(acdc_env, trainer_args, env, out: Path):
     return inputs
 
 
+def submission_backends_agree(trainer_args, env, model_folder: Path, images: Path, work: Path) -> dict:
+    """The challenge image's two backends on ``images``: the torch model folder, and the ONNX model that
+    ``docker/build.sh --backend onnx`` puts in the image context (2d, fold 0 of ACDC). Asserts they write the same
+    masks (> 99.9 % of voxels); returns the context's onnx_export.json."""
+    import json
+    import subprocess
+    import sys
+
+    def run(cmd):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+    repo = Path(__file__).resolve().parents[1]
+    ctx = work / "ctx"
+    run(["bash", str(repo / "docker" / "build.sh"), "-d", "27", "-c", "2d", *trainer_args[:4], "-f", "0",
+         "--context-only", str(ctx), "--backend", "onnx"])
+    masks = {}
+    for backend, model in (("torch", model_folder), ("onnx", ctx / "model")):
+        run([sys.executable, "-m", "sam_nnunet.submission", "--model", str(model), "--input", str(images),
+             "--output", str(work / backend), "--device", "cpu"])
+        masks[backend] = {p.name: np.asarray(nib.load(str(p)).dataobj) for p in sorted((work / backend).iterdir())}
+    assert len(masks["onnx"]) == len(list(images.glob("*.nii.gz"))) and masks["onnx"].keys() == masks["torch"].keys()
+    for case, mask in masks["torch"].items():
+        assert np.mean(mask == masks["onnx"][case]) > 0.999
+    return json.loads(next(ctx.rglob("onnx_export.json")).read_text())
+
+
+@pytest.fixture
+def submission_agrees():
+    """check(trainer_args, env, model_folder, images, work) -> onnx_export.json: :func:`submission_backends_agree`."""
+    return submission_backends_agree
+
+
 @pytest.fixture
 def acdc_predict(acdc_env):
     """predict(trainer_args, env, out) -> input images: :func:`predict_acdc_test_set` on this test's ACDC crop."""

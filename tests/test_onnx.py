@@ -43,7 +43,7 @@ RTOL_SELF_PROMPT_3D = 5e-3
 def sam_trainer_names():
     """Every SAM trainer class of the project except the schedule-length variants (same networks)."""
     names = []
-    for module in ("HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"):
+    for module in ("HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"):
         spec = importlib.util.spec_from_file_location(f"_onnx_{module}", f"{trainers_folder()}/{module}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
@@ -135,7 +135,8 @@ def test_onnx_logits_match_torch_for_every_trainer_2d(acdc_env, tmp_path, traine
     assert_backends_agree(trainer.network, real_tiles(trainer), tmp_path / "model.onnx")
 
 
-@pytest.mark.parametrize("trainer_name", ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"])
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer",
+                                          "ESPMedSAMTrainer"])
 def test_onnx_logits_match_torch_3d_fullres(acdc_env, tmp_path, trainer_name):
     _, trainer = make_fold(trainer_name, "3d_fullres")
     trainer.set_deep_supervision_enabled(False)

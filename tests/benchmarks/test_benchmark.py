@@ -14,10 +14,11 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "benchmark.py"
 DATASET, PLANS = "Dataset027_ACDC", "nnUNetPlans_SAMcpu"
 QUICK = {"steps": 3, "warmup": 1, "budget_min": 0.1, "val_cases": 1, "iterations_per_epoch": 5}  # what --quick sets
-TRAINERS = ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer"]
+TRAINERS = ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"]
 METRICS = {"step_s_median": "train step (s)", "infer_s_per_volume": "inference (s/volume)",
            "train_peak_rss_mb": "train peak RSS (MB)", "infer_peak_rss_mb": "inference peak RSS (MB)",
-           "params_total": "parameters", "params_trainable": "trainable parameters"}
+           "params_total": "parameters", "params_trainable": "trainable parameters",
+           "gflops_per_patch": "GFLOPs per patch"}
 CLASSES = {"1": "RV", "2": "MLV", "3": "LVC"}
 
 
@@ -71,7 +72,7 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
     for r in rows:
         name = r["trainer"]
         for key in ("step_s_median", "step_s_q1", "step_s_q3", "infer_s_per_volume", "train_peak_rss_mb",
-                    "infer_peak_rss_mb", "params_total", "params_trainable", "budget_steps"):
+                    "infer_peak_rss_mb", "params_total", "params_trainable", "budget_steps", "gflops_per_patch"):
             assert math.isfinite(r[key]) and r[key] > 0, (name, key, r[key])
         assert r["step_s_q1"] <= r["step_s_median"] <= r["step_s_q3"]
         assert r["params_trainable"] <= r["params_total"]
@@ -105,12 +106,16 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
         if name == "HSPSAMTrainer":  # AdamW by default
             assert adam_steps == {QUICK["warmup"] + QUICK["steps"] + r["budget_steps"]}
 
-        # nnU-Net's poly schedule stretched over the epochs the budget allows at the measured step time: the
-        # learning rate of epoch e is lr0 * (1 - e / epochs) ** 0.9, one entry per epoch trained
+        # the schedule stretched over the epochs the budget allows at the measured step time: the learning rate of
+        # epoch e is lr0 * (1 - e / epochs) ** 0.9 (poly; ESP-MedSAM: lr0 * 0.01 ** (e / epochs)), one per epoch
         epochs = max(1, int(r["budget_s"] / max(r["step_s_median"] * QUICK["iterations_per_epoch"], 1e-6)))
         lrs = checkpoint["logging"]["lrs"]
         assert len(lrs) == min(math.ceil(r["budget_steps"] / QUICK["iterations_per_epoch"]), epochs), (name, lrs)
-        assert lrs == pytest.approx([lrs[0] * (1 - e / epochs) ** 0.9 for e in range(len(lrs))], rel=1e-9), (name, lrs)
+        if name == "ESPMedSAMTrainer":  # exponential decay to 1 % at the last epoch
+            expected = [lrs[0] * 0.01 ** (e / epochs) for e in range(len(lrs))]
+        else:
+            expected = [lrs[0] * (1 - e / epochs) ** 0.9 for e in range(len(lrs))]
+        assert lrs == pytest.approx(expected, rel=1e-9), (name, lrs)
 
     # results.md: each figure of results.json, the ratios against nnUNetTrainer computed from those figures
     assert (f"budget {QUICK['budget_min']} min per trainer" in table

@@ -124,3 +124,21 @@ def test_the_teacher_must_be_an_esp_medsam_vit(acdc_env, tmp_path):
         load_teacher()
     with pytest.raises(FileNotFoundError, match="no checkpoint_final.pth"):
         load_teacher(str(tmp_path), "0")
+
+
+def test_a_sam_checkpoint_teacher_gives_the_universal_term_through_a_regressor(acdc_env, official_sam,
+                                                                                small_encoder, tmp_path, capsys):
+    """A SAM-layout file as teacher (no bags: Eq. 1's first term only); its 256-wide embedding against the micro
+    student's 64-wide one goes through the 1x1 regressor, which is not written to the file."""
+    from sam_nnunet.distill import distill
+
+    torch.save(official_sam()[1], tmp_path / "sam.pth")
+    out = distill(datasets=["27"], out=str(tmp_path / "student.pth"), plans=PLANS,
+                  teacher_checkpoint=str(tmp_path / "sam.pth"), student="tiny_vit_micro", steps=3, batch_size=2,
+                  progress=False)
+    printed = capsys.readouterr().out
+    assert "bags: none" in printed and "1x1 regressor 64 -> 256" in printed
+    history = json.loads((tmp_path / "student.pth.log.json").read_text())
+    assert all(h["modality"] == 0 and h["universal"] > 0 for h in history)
+    saved = torch.load(out, map_location="cpu", weights_only=True)["model"]
+    assert saved["image_encoder.neck.0.weight"].shape[0] == 64 and not any("regressor" in k for k in saved)

@@ -20,7 +20,7 @@ def run(cmd, env):
     return proc
 
 
-def test_train_resume_predict_on_acdc_through_nnunet_cli(acdc_env, acdc_predict, tmp_path):
+def test_train_resume_predict_on_acdc_through_nnunet_cli(acdc_env, acdc_predict, submission_agrees, tmp_path):
     env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0")
     env.pop("SAM_NNUNET_CHECKPOINT", None)
@@ -44,7 +44,11 @@ def test_train_resume_predict_on_acdc_through_nnunet_cli(acdc_env, acdc_predict,
     resumed = run(["nnUNetv2_train", "27", "2d", "0", *common, "--c"], env)  # finished: re-validates only
     assert "Epoch 0" not in resumed.stdout
 
-    acdc_predict(common, env, tmp_path / "pred")
+    inputs = acdc_predict(common, env, tmp_path / "pred")
+
+    # the challenge image's two backends: the torch model folder, and build.sh --backend onnx
+    export = submission_agrees(common, env, out, inputs[0].parent, tmp_path)
+    assert export["trainer"] == trainer
 
 
 def test_3d_fullres_runs_slice_by_slice(acdc_env, esp_micro_plans):
