@@ -228,23 +228,37 @@ def small_encoder(monkeypatch):
     return "vit_test"
 
 
-@pytest.fixture(scope="session")
-def trained_model(acdc_preprocessed, tmp_path_factory):
-    """HSPSAMTrainer_1epoch (2 iterations) trained on fold 0 of the ACDC crop: its trained-model folder."""
+def train_on_acdc_crop(acdc_preprocessed, results: Path, trainer: str, iterations: int = 2):
+    """``nnUNetv2_train 27 2d 0 -tr TRAINER`` (nnUNetPlans_SAMcpu, ``iterations`` steps per epoch, 1 validation step)
+    on the ACDC crop into ``results``; returns (the trained-model folder, the environment it ran in)."""
     import subprocess
 
     from sam_nnunet import trainers_folder
 
-    results = tmp_path_factory.mktemp("trained")
     env = dict(os.environ, **{k: str(v) for k, v in acdc_preprocessed.items()}, nnUNet_results=str(results),
                nnUNet_extTrainer=trainers_folder(), nnUNet_n_proc_DA="1", nnUNet_compile="false",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_SEED="0")
+               SAM_NNUNET_ITERATIONS_PER_EPOCH=str(iterations), SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
+               SAM_NNUNET_SEED="0")
     env.pop("SAM_NNUNET_CHECKPOINT", None)
-    cmd = ["nnUNetv2_train", "27", "2d", "0", "-tr", "HSPSAMTrainer_1epoch", "-p", "nnUNetPlans_SAMcpu",
-           "-device", "cpu"]
+    cmd = ["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", "nnUNetPlans_SAMcpu", "-device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return results / "Dataset027_ACDC" / "HSPSAMTrainer_1epoch__nnUNetPlans_SAMcpu__2d", env
+    return results / "Dataset027_ACDC" / f"{trainer}__nnUNetPlans_SAMcpu__2d", env
+
+
+@pytest.fixture(scope="session")
+def trained_model(acdc_preprocessed, tmp_path_factory):
+    """HSPSAMTrainer_1epoch (2 iterations) trained on fold 0 of the ACDC crop: its trained-model folder."""
+    return train_on_acdc_crop(acdc_preprocessed, tmp_path_factory.mktemp("trained"), "HSPSAMTrainer_1epoch")
+
+
+@pytest.fixture(scope="session")
+def esp_teacher(acdc_preprocessed, tmp_path_factory):
+    """ESPMedSAMTeacherTrainer_1epoch (3 iterations; the CPU preset's vit_tiny from scratch, MRI bags) trained on
+    fold 0 of the ACDC crop: its trained-model folder."""
+    folder, _ = train_on_acdc_crop(acdc_preprocessed, tmp_path_factory.mktemp("teacher"),
+                                   "ESPMedSAMTeacherTrainer_1epoch", iterations=3)
+    return folder
 
 
 @pytest.fixture(scope="session")

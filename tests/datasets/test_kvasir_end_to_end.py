@@ -57,31 +57,41 @@ def test_hsp_sam_trains_and_predicts_rgb_polyp_pngs(kvasir, nnunet_env):
     assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in pred_in.iterdir()}
 
 
-def test_student_from_a_mobile_sam_checkpoint_on_kvasir_pngs(kvasir, nnunet_env, tmp_path, mobile_sam):
-    """convert-kvasir (writes imaging_modality "endoscopy"), plan, ESPMedSAMTrainer with a MobileSAM-layout checkpoint
-    (the TinyViT frozen), predict a PNG (--c is tested on ACDC)."""
-    checkpoint = tmp_path / "mobile_sam.pt"
-    torch.save(mobile_sam().state_dict(), checkpoint)
+def test_student_distilled_from_mobile_sam_on_kvasir_pngs(kvasir, nnunet_env, tmp_path, mobile_sam, official_sam,
+                                                         small_encoder):
+    """convert-kvasir (writes imaging_modality "endoscopy"), plan; distill a student started from a MobileSAM-layout
+    file (--init) on the polyps with a SAM-layout teacher; ESPMedSAMTrainer loads it (TinyViT frozen); predict a PNG.
+    (The teacher-fold path, 1-channel data and --c are tested on ACDC: tests/training/test_distill.py.)"""
+    from sam_nnunet.distill import distill
+
+    torch.save(mobile_sam().state_dict(), tmp_path / "mobile_sam.pt")
+    torch.save(official_sam()[1], tmp_path / "sam.pth")  # the registry's test-sized ViT (small_encoder), 256 wide
     source = kvasir(6)
     env = dict(os.environ, **{k: str(v) for k, v in nnunet_env.items()}, nnUNet_extTrainer=trainers_folder(),
                nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", nnUNet_compile="false", SAM_NNUNET_SEED="0",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
-               SAM_NNUNET_CHECKPOINT=str(checkpoint))
+               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1")
     sam_nnunet = [sys.executable, "-m", "sam_nnunet.cli"]
     run([*sam_nnunet, "convert-kvasir", "-i", str(source), "-d", "311"], env)
     raw = nnunet_env["nnUNet_raw"] / "Dataset311_KvasirSEG"
     assert json.loads((raw / "dataset.json").read_text())["imaging_modality"] == "endoscopy"
     run(["nnUNetv2_plan_and_preprocess", "-d", "311", "-c", "2d", "-np", "1"], env)
     run([*sam_nnunet, "plans", "-d", "311", "--preset", "cpu_tiny"], env)
+    student = distill(datasets=["311"], out=str(tmp_path / "student.pth"), plans=PLANS,
+                      teacher_checkpoint=str(tmp_path / "sam.pth"), init=str(tmp_path / "mobile_sam.pt"), steps=2,
+                      batch_size=2, progress=False)
+    distilled = torch.load(student, map_location="cpu", weights_only=True)
+    assert distilled["sam_nnunet_distill"]["modalities"] == ["endoscopy"]
+    assert "modality_controller.bags.endoscopy.0.k_tokens" in distilled["model"]
+
     common = ["-tr", "ESPMedSAMTrainer_1epoch", "-p", PLANS, "-device", "cpu"]
-    run(["nnUNetv2_train", "311", "2d", "0", *common], env)
+    run(["nnUNetv2_train", "311", "2d", "0", *common], dict(env, SAM_NNUNET_CHECKPOINT=str(student)))
     model = nnunet_env["nnUNet_results"] / "Dataset311_KvasirSEG" / f"ESPMedSAMTrainer_1epoch__{PLANS}__2d"
     log = next((model / "fold_0").glob("training_log_*.txt")).read_text()
-    assert "freeze_pretrained: 5,071,124 pretrained parameters frozen" in log
-    weights = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    stem = mobile_sam().state_dict()["image_encoder.patch_embed.seq.0.c.weight"]
-    torch.testing.assert_close(weights["network_weights"]["encoder.patch_embed.conv1.conv.weight"], stem)  # frozen
-    assert "controller.bags.endoscopy.0.k_tokens" in weights["network_weights"]
+    assert "freeze_pretrained: 5,071,124 pretrained parameters frozen" in log  # MobileSAM's TinyViT
+    weights = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    stem = distilled["model"]["image_encoder.patch_embed.seq.0.c.weight"]
+    torch.testing.assert_close(weights["encoder.patch_embed.conv1.conv.weight"], stem)  # RGB: as distilled, frozen
+    assert not torch.equal(stem, mobile_sam().state_dict()["image_encoder.patch_embed.seq.0.c.weight"])  # distilled
 
     pred_in = tmp_path / "pred_in"
     pred_in.mkdir()

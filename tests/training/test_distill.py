@@ -30,29 +30,14 @@ def test_file_keys_are_mobile_sams(mobile_sam):
     assert all(mobile_sam_key_map(to_mobile_sam_key(k)) == k for k in ours)
 
 
-@pytest.fixture(scope="module")
-def teacher(acdc_preprocessed, tmp_path_factory):
-    """ESPMedSAMTeacherTrainer (the CPU preset's vit_tiny, from scratch, bags for MRI) trained one short epoch."""
-    from sam_nnunet import trainers_folder
-
-    results = tmp_path_factory.mktemp("teacher_results")
-    env = dict(os.environ, **{k: str(v) for k, v in acdc_preprocessed.items()}, nnUNet_results=str(results),
-               nnUNet_extTrainer=trainers_folder(), nnUNet_n_proc_DA="1", nnUNet_compile="false",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH="3", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_SEED="0")
-    env.pop("SAM_NNUNET_CHECKPOINT", None)
-    trainer = "ESPMedSAMTeacherTrainer_1epoch"
-    run(["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", PLANS, "-device", "cpu"], env)
-    return results / "Dataset027_ACDC" / f"{trainer}__{PLANS}__2d"
-
-
-def test_distill_then_train_resume_predict_through_the_cli(acdc_env, teacher, esp_micro_plans, acdc_predict,
+def test_distill_then_train_resume_predict_through_the_cli(acdc_env, esp_teacher, esp_micro_plans, acdc_predict,
                                                            tmp_path):
     student = tmp_path / "student.pth"
     env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0")
     env.pop("SAM_NNUNET_CHECKPOINT", None)
     distill = [sys.executable, "-m", "sam_nnunet.cli", "distill", "-d", "27", "-p", PLANS, "--teacher-model",
-               str(teacher), "-f", "0", "--student", "tiny_vit_micro", "--steps", "30", "--batch-size", "4",
+               str(esp_teacher), "-f", "0", "--student", "tiny_vit_micro", "--steps", "30", "--batch-size", "4",
                "--save-every", "10", "-o", str(student)]
     proc = run(distill, env)
     assert "bags: ['MRI']" in proc.stdout and "Dataset027_ACDC (MRI)" in proc.stdout
@@ -89,7 +74,7 @@ def test_distill_then_train_resume_predict_through_the_cli(acdc_env, teacher, es
     acdc_predict(common, env, tmp_path / "pred")
 
 
-def test_a_killed_distillation_resumes_and_other_arguments_are_refused(acdc_env, teacher, tmp_path, monkeypatch,
+def test_a_killed_distillation_resumes_and_other_arguments_are_refused(acdc_env, esp_teacher, tmp_path, monkeypatch,
                                                                        capsys):
     from sam_nnunet import distill as module
 
@@ -100,7 +85,7 @@ def test_a_killed_distillation_resumes_and_other_arguments_are_refused(acdc_env,
         raise KeyboardInterrupt("killed after the resume point of step %d" % state["step"])
 
     out = tmp_path / "student.pth"
-    kwargs = dict(datasets=["27"], out=str(out), plans=PLANS, teacher_model=str(teacher), student="tiny_vit_micro",
+    kwargs = dict(datasets=["27"], out=str(out), plans=PLANS, teacher_model=str(esp_teacher), student="tiny_vit_micro",
                   steps=6, batch_size=2, save_every=3, progress=False)
     monkeypatch.setattr(module, "_write_partial", write_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -142,3 +127,14 @@ def test_a_sam_checkpoint_teacher_gives_the_universal_term_through_a_regressor(a
     assert all(h["modality"] == 0 and h["universal"] > 0 for h in history)
     saved = torch.load(out, map_location="cpu", weights_only=True)["model"]
     assert saved["image_encoder.neck.0.weight"].shape[0] == 64 and not any("regressor" in k for k in saved)
+
+    # the file loads into the student as ESPMedSAMTrainer builds it: encoder, neck and the modality's bags
+    from sam_nnunet.modeling.esp_medsam import ESPMedSAM
+
+    net = ESPMedSAM(num_input_channels=1, num_classes=4, img_size=(128, 128), modality="MRI",
+                    light_encoder="tiny_vit_micro")
+    report = net.load_pretrained(out)
+    assert not report.unexpected and {f"controller.{k}" for k in net.controller.state_dict()} <= set(report.loaded)
+    for key, value in net.controller.state_dict().items():
+        torch.testing.assert_close(value, saved[f"modality_controller.{key}"])
+    torch.testing.assert_close(net.neck.state_dict()["0.weight"], saved["image_encoder.neck.0.weight"])

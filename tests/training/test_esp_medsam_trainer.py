@@ -3,7 +3,6 @@ Table VI rows, the modality it picks and the student loaded from a MobileSAM-lay
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ from nnunetv2.run.run_training import get_trainer_from_args
 
 CPU = torch.device("cpu")
 PLANS = "nnUNetPlans_SAMcpu"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def run(cmd, env):
