@@ -1,6 +1,7 @@
 """SAM trainers against nnUNetTrainer, side by side, in one process, on the same data and split.
 
     python benchmarks/benchmark.py --out runs/bench              # default: 5 min budget per trainer, ~30 min on 2 CPU cores
+    python benchmarks/benchmark.py --out runs/acc60 --accuracy   # Dice at 60 min per trainer (all 80 ACDC patients)
     python benchmarks/benchmark.py --out runs/bench_quick --quick # seconds of training, for the test
     python benchmarks/benchmark.py --out runs/kvasir --dataset kvasir          # HSP-SAM's own task: polyps, 2D RGB
     python benchmarks/benchmark.py --out runs/transfer --checkpoint enc.pth \
@@ -20,15 +21,28 @@ machine's noise hits all alike:
   before each phase); ``torch.cuda.max_memory_allocated`` on GPU;
 * parameters, total and trainable, and the GFLOPs of one inference forward of a patch (torch's
   ``FlopCounterMode``);
-* validation Dice per class on fold 0 after training for the same wall-clock budget
-  (``--budget-min``), with nnU-Net's poly learning-rate schedule stretched to fit that budget, and
-  HD95 per class (``sam_nnunet.evaluation.metrics``: MONAI, in pixels/mm of the images' spacing;
-  left out if MONAI is not installed);
-* the training curve: mean training loss per epoch against wall-clock time.
+* validation Dice per class on fold 0 (``--val-cases`` volumes; 0: all) after training for the same
+  wall-clock budget (``--budget`` minutes), and HD95 per class (``sam_nnunet.evaluation.metrics``:
+  MONAI, in pixels/mm of the images' spacing; left out if MONAI is not installed). Each trainer's
+  schedule follows the budget's clock (:func:`clock_epoch`): it is built for 1000 epochs and, before
+  every step, set to the epoch 1000 * elapsed / budget, so poly decay (ESP-MedSAM's exponential decay)
+  ends when the budget does and Self-Prompt-SAM's warm-up is the first 20 % of the run, whatever the
+  step time turns out to be (data loading included; a step of nnU-Net's default plans takes a minute
+  on 2 cores);
+* the training curve: mean training loss per ``--iterations-per-epoch`` steps against wall-clock time.
+
+``--accuracy`` is the realistic-budget mode: 60 minutes per trainer, all 80 shipped ACDC patients
+(fold 0: 64 training, 16 validation patients, 32 volumes), every validation volume, and the rows
+``nnUNetTrainer@nnUNetPlans`` (nnU-Net as it plans itself), ``nnUNetTrainer`` (on the SAM preset's
+plans), ``HSPSAMTrainer``, ``SelfPromptSAMTrainer`` and ``SelfPromptSAMTrainer:3d_fullres``. Each
+finished row is kept in ``--out``/``rows/``: the same command run again (after a crash, or in
+pieces: ``--trainers`` a few at a time) measures only the rows still missing and builds the table
+from all of them; a kept row measured with other settings is refused, never overwritten.
 
 Datasets (``--dataset``): ``acdc`` (shipped ACDC cine-MRI, patient-grouped split, 3 classes) or
 ``kvasir`` (shipped Kvasir-SEG, RGB PNG through nnU-Net's natural-image reader, nnU-Net's own
-random 5-fold split, one class). A trainer named ``NAME@PLANS`` runs on another plans of the same
+random 5-fold split, one class). A trainer named ``NAME:3d_fullres`` trains that configuration
+(nnU-Net's 3d_fullres data is preprocessed on first use). A trainer named ``NAME@PLANS`` runs on another plans of the same
 preprocessed data instead of ``nnUNetPlans_SAMcpu``: ``nnUNetTrainer@nnUNetPlans`` is nnU-Net with its
 own default 2d plans (its patch and batch), next to ``nnUNetTrainer`` on the SAM preset's. A trainer named
 ``NAME+pretrained`` is ``NAME`` with
@@ -57,12 +71,19 @@ from typing import Dict, List, Tuple
 REPO = Path(__file__).resolve().parents[1]
 PLANS = "nnUNetPlans_SAMcpu"
 PRETRAINED = "+pretrained"
+SCHEDULE_EPOCHS = 1000  # epochs of every trainer's schedule in the budget run; advanced by the clock (clock_epoch)
 DATASETS = {  # --dataset: nnU-Net id and name, label names, what the split is
     "acdc": {"id": 27, "name": "Dataset027_ACDC", "labels": {"1": "RV", "2": "MLV", "3": "LVC"},
              "split": "fold 0 of splits_final.json (patient-grouped, sam_nnunet convert-acdc)"},
     "kvasir": {"id": 311, "name": "Dataset311_KvasirSEG", "labels": {"1": "polyp"},
                "split": "fold 0 of splits_final.json (nnU-Net's random 5-fold split of the images)"},
 }
+
+
+TRAINERS = ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"]
+ACCURACY = {"budget_min": 60.0, "patients": 80, "val_cases": 0,  # --accuracy
+            "trainers": ["nnUNetTrainer@nnUNetPlans", "nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer",
+                         "SelfPromptSAMTrainer:3d_fullres"]}
 
 
 def peak_rss_reset() -> None:
@@ -117,15 +138,74 @@ def prepare(args) -> Dict[str, Path]:
         subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(ds["id"]), "-c", "2d", "-np", str(args.processes)],
                        check=True, stdout=subprocess.DEVNULL)
         write_sam_plans(str(ds["id"]), "cpu_tiny")
+    if any(parse_trainer(t)[2] == "3d_fullres" for t in args.trainers):
+        plans = json.loads((pre / ds["name"] / "nnUNetPlans.json").read_text())
+        if "3d_fullres" not in plans["configurations"]:
+            raise SystemExit(f"{ds['name']} has no 3d_fullres configuration (nnU-Net plans one only for 3D data)")
+        if not (pre / ds["name"] / plans["configurations"]["3d_fullres"]["data_identifier"]).is_dir():
+            # the SAM plans keep nnU-Net's data identifier: preprocessing nnU-Net's 3d_fullres serves both
+            subprocess.run(["nnUNetv2_preprocess", "-d", str(ds["id"]), "-c", "3d_fullres", "-np", str(args.processes)],
+                           check=True, stdout=subprocess.DEVNULL)
     return {"raw": raw, "preprocessed": pre, "results": results}
 
 
-def parse_trainer(spec: str) -> Tuple[str, str, bool]:
-    """``NAME[@PLANS][+pretrained]`` -> (trainer class, plans identifier, pretrained); plans default: ``PLANS``."""
+def parse_trainer(spec: str) -> Tuple[str, str, str, bool]:
+    """``NAME[@PLANS][:CONFIG][+pretrained]`` -> (trainer class, plans identifier, configuration, pretrained);
+    defaults: plans ``PLANS``, configuration ``2d``."""
     pretrained = spec.endswith(PRETRAINED)
     name = spec[: -len(PRETRAINED)] if pretrained else spec
+    name, _, configuration = name.partition(":")
     trainer_class, _, plans = name.partition("@")
-    return trainer_class, plans or PLANS, pretrained
+    return trainer_class, plans or PLANS, configuration or "2d", pretrained
+
+
+def clock_epoch(elapsed_s: float, budget_s: float, epochs: int = SCHEDULE_EPOCHS) -> int:
+    """The schedule's epoch at ``elapsed_s`` of a ``budget_s`` run: the budget's clock, in ``epochs`` equal parts.
+
+    Every trainer's schedule is built for ``epochs`` epochs and advanced by the clock, not by a count of steps
+    estimated beforehand, so it ends with the budget whatever the step time turns out to be (data loading
+    included): poly decay reaches its end, and a warm-up of 20 % of the epochs (Self-Prompt-SAM) is 20 % of the
+    run's time."""
+    return min(epochs - 1, int(epochs * elapsed_s / budget_s))
+
+
+def row_file(out: Path, spec: str) -> Path:
+    """Where one trainer's finished row is kept, so that an interrupted or partial run goes on where it stopped."""
+    return out / "rows" / (spec.replace("@", "__").replace(":", "__").replace("+", "_") + ".json")
+
+
+def row_settings(args) -> dict:
+    """What a kept row must have been measured with to stand in the same table."""
+    return {k: getattr(args, k) for k in ("dataset", "patients", "cases", "budget_min", "iterations_per_epoch",
+                                           "val_cases", "steps", "warmup", "seed", "device", "processes",
+                                           "checkpoint")}
+
+
+def measure_or_reuse(spec: str, args, paths, out: Path) -> dict:
+    """The row of ``spec``: measured now, or read back from ``rows/`` when an earlier run with the same settings
+    finished it. A kept row measured with other settings is an error, never overwritten."""
+    path = row_file(out, spec)
+    if path.is_file():
+        row = json.loads(path.read_text())
+        if row.get("settings") != row_settings(args):
+            raise SystemExit(f"{path} was measured with other settings ({row.get('settings')}) than this run "
+                             f"({row_settings(args)}). Use another --out, or move that file away to measure again.")
+        print(f"[{spec}] kept from {row.get('date')}: {path}", flush=True)
+        return row
+    row = benchmark_trainer(spec, args, paths)
+    row.update(settings=row_settings(args), date=datetime.date.today().isoformat(), machine=machine(args.device))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(row, indent=2))
+    os.replace(partial, path)
+    return row
+
+
+def machine(device: str) -> str:
+    import torch
+
+    return (f"{os.cpu_count()} CPU cores ({cpu_name()})"
+            + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ""))
 
 
 def benchmark_trainer(name: str, args, paths) -> dict:
@@ -137,7 +217,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     ds = DATASETS[args.dataset]
-    trainer_class, plans, pretrained = parse_trainer(name)
+    trainer_class, plans, configuration, pretrained = parse_trainer(name)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = torch.device(args.device)
@@ -145,7 +225,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     if pretrained:
         os.environ["SAM_NNUNET_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
     try:
-        trainer = get_trainer_from_args(str(ds["id"]), "2d", 0, trainer_class, plans, device=device)
+        trainer = get_trainer_from_args(str(ds["id"]), configuration, 0, trainer_class, plans, device=device)
     finally:
         os.environ.pop("SAM_NNUNET_CHECKPOINT", None)
     if pretrained:  # its own folder next to the from-scratch run of the same trainer: TRAINER_pretrained__PLANS__2d
@@ -158,7 +238,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     trainer.num_iterations_per_epoch = args.iterations_per_epoch
     trainer.on_train_start()  # initialises network, optimiser, loss and data loaders (and loads the checkpoint)
     net = trainer.network
-    row = {"trainer": name, "plans": plans, "network": type(net).__name__,
+    row = {"trainer": name, "plans": plans, "configuration": configuration, "network": type(net).__name__,
            "params_total": sum(p.numel() for p in net.parameters()),
            "params_trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
            "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size)}
@@ -189,25 +269,26 @@ def benchmark_trainer(name: str, args, paths) -> dict:
         row["train_peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     print(f"[{name}] train step {row['step_s_median']:.3f} s (median of {len(times)})", flush=True)
 
-    # -- equal wall-clock budget, the learning-rate schedule (poly, or ESP-MedSAM's exponential) stretched over it
+    # -- equal wall-clock budget; the learning-rate schedule (poly, ESP-MedSAM's exponential decay) and any
+    # warm-up follow the budget's clock (clock_epoch), so they end with it
     budget = args.budget_min * 60
-    epoch_s = row["step_s_median"] * args.iterations_per_epoch
-    trainer.num_epochs = max(1, int(budget / max(epoch_s, 1e-6)))
-    # the scheduler was built in on_train_start for the trainer's own epochs (1000): stretch it to the budget's
-    trainer.lr_scheduler.max_steps = trainer.num_epochs
-    trainer.current_epoch = 0
-    steps_done, start, curve = 0, time.perf_counter(), []
+    # the scheduler was built in on_train_start for the trainer's own epochs: rebuild it for the clock's
+    trainer.num_epochs = trainer.lr_scheduler.max_steps = SCHEDULE_EPOCHS
+    trainer.current_epoch = 0  # started above (the step times)
+    steps_done, start, curve, schedule, losses = 0, time.perf_counter(), [], [[0.0, 0]], []
     while time.perf_counter() - start < budget:
-        trainer.on_train_epoch_start()
-        losses = []
-        for _ in range(args.iterations_per_epoch):
-            losses.append(float(trainer.train_step(next(trainer.dataloader_train))["loss"]))
-            steps_done += 1
-            if time.perf_counter() - start >= budget:
-                break
-        curve.append([round(time.perf_counter() - start, 1), float(np.mean(losses))])
-        trainer.current_epoch = min(trainer.current_epoch + 1, trainer.num_epochs - 1)
-    row.update(budget_s=budget, budget_steps=steps_done, curve=curve)
+        epoch = clock_epoch(time.perf_counter() - start, budget)
+        if epoch != trainer.current_epoch:  # checked every step: a step of nnU-Net's default plans takes a minute
+            schedule.append([round(time.perf_counter() - start, 3), epoch])
+            trainer.current_epoch = epoch
+            trainer.on_train_epoch_start()  # nnU-Net: lr_scheduler.step(current_epoch); Self-Prompt-SAM: its phase
+        losses.append(float(trainer.train_step(next(trainer.dataloader_train))["loss"]))
+        steps_done += 1
+        if len(losses) == args.iterations_per_epoch or time.perf_counter() - start >= budget:
+            curve.append([round(time.perf_counter() - start, 1), float(np.mean(losses))])
+            losses = []
+    row.update(budget_s=budget, budget_steps=steps_done, curve=curve, schedule=schedule,
+               schedule_epochs=SCHEDULE_EPOCHS)
     print(f"[{name}] {steps_done} training steps in the {args.budget_min} min budget", flush=True)
 
     # -- sliding-window inference per case + validation Dice and HD95 (fold 0)
@@ -218,7 +299,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
                                 allow_tqdm=False)
     predictor.manual_initialization(net, trainer.plans_manager, trainer.configuration_manager, [net.state_dict()],
                                     trainer.dataset_json, trainer_class, trainer.inference_allowed_mirroring_axes)
-    val_cases = trainer.do_split()[1][: args.val_cases]
+    val_cases = trainer.do_split()[1][: args.val_cases or None]  # --val-cases 0: all of fold 0's
     raw = paths["raw"] / ds["name"]
     ending = trainer.dataset_json["file_ending"]
     images = create_lists_from_splitted_dataset_folder(str(raw / "imagesTr"), ending, val_cases)
@@ -297,9 +378,13 @@ METRICS = [("step_s_median", "train step (s)"), ("infer_s_per_volume", "inferenc
 
 def markdown(rows: List[dict], meta: dict) -> str:
     base, labels = rows[0], meta["labels"]
-    plans = dict.fromkeys((r.get("plans", PLANS), tuple(r["patch_size"]), r["batch_size"]) for r in rows)
+    plans = dict.fromkeys((r.get("plans", PLANS) + ("" if r.get("configuration", "2d") == "2d" else f" {r['configuration']}"),
+                           tuple(r["patch_size"]), r["batch_size"]) for r in rows)
     plans_text = "; ".join(f"plans {p} (patch {list(patch)}, batch {batch})" for p, patch, batch in plans)
-    lines = [f"Machine: {meta['machine']}; device {meta['device']}; {meta['date']}; seed {meta['seed']}; "
+    dates = sorted({r.get("date", meta["date"]) for r in rows})
+    machines = sorted({r.get("machine", meta["machine"]) for r in rows})
+    lines = [f"Machine: {' / '.join(machines)}; device {meta['device']}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; "
+             f"seed {meta['seed']}; "
              f"budget {meta['budget_min']} min per trainer; {plans_text}; {meta['dataset']}, {meta['split']}: "
              f"{len(base['val_cases'])} validation volumes.", "",
              "| trainer | " + " | ".join(label for _, label in METRICS) + " | steps in budget | "
@@ -375,20 +460,31 @@ def main(argv=None) -> int:
                                         "(e.g. from sam_nnunet export-encoder)")
     p.add_argument("--nnunet-raw")
     p.add_argument("--nnunet-preprocessed")
-    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer",
-                                                     "ESPMedSAMTrainer"],
-                   help=f"NAME[@PLANS][{PRETRAINED}]; PLANS default {PLANS}, e.g. nnUNetTrainer@nnUNetPlans")
-    p.add_argument("--patients", type=int, default=30)
-    p.add_argument("--budget-min", type=float, default=5.0, help="training wall-clock budget per trainer")
+    p.add_argument("--trainers", nargs="+", default=None,
+                   help=f"NAME[@PLANS][:CONFIG][{PRETRAINED}]; PLANS default {PLANS}, CONFIG default 2d, e.g. "
+                        f"nnUNetTrainer@nnUNetPlans, SelfPromptSAMTrainer:3d_fullres (default: {' '.join(TRAINERS)}; "
+                        f"--accuracy: {' '.join(ACCURACY['trainers'])})")
+    p.add_argument("--patients", type=int, default=None, help="acdc: convert the first N patients (default 30)")
+    p.add_argument("--budget", "--budget-min", dest="budget_min", type=float, default=None,
+                   help="training wall-clock budget per trainer, minutes (default 5; --accuracy: 60)")
+    p.add_argument("--accuracy", action="store_true",
+                   help=f"Dice at a realistic budget: {ACCURACY['budget_min']} min per trainer, all "
+                        f"{ACCURACY['patients']} shipped ACDC patients, every validation volume of fold 0, and "
+                        f"nnU-Net on its default plans and on the SAM preset's plans next to the SAM trainers")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations-per-epoch", type=int, default=50)
-    p.add_argument("--val-cases", type=int, default=8)
+    p.add_argument("--val-cases", type=int, default=None, help="validate on the first N volumes of fold 0; 0: all "
+                                                                   "(default 8; --accuracy: 0)")
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="a few steps and seconds of training (for tests)")
     args = p.parse_args(argv)
+    defaults = ACCURACY if args.accuracy else {"budget_min": 5.0, "patients": 30, "val_cases": 8, "trainers": TRAINERS}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if any(t.endswith(PRETRAINED) for t in args.trainers) and not args.checkpoint:
         p.error(f"trainers named NAME{PRETRAINED} need --checkpoint")
     if args.quick:
@@ -396,14 +492,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = prepare(args)
-    rows = [benchmark_trainer(name, args, paths) for name in args.trainers]
+    rows = [measure_or_reuse(name, args, paths, out) for name in args.trainers]
     import torch
 
     meta = {"date": datetime.date.today().isoformat(), "seed": args.seed, "device": args.device,
             "budget_min": args.budget_min, "steps": args.steps, "warmup": args.warmup,
-            "machine": f"{os.cpu_count()} CPU cores ({cpu_name()})"
-                       + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
-            "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "machine": machine(args.device), "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
             "dataset": DATASETS[args.dataset]["name"], "split": DATASETS[args.dataset]["split"],
             "labels": DATASETS[args.dataset]["labels"], "checkpoint": args.checkpoint}
     (out / "results.json").write_text(json.dumps({"meta": meta, "trainers": rows}, indent=2))

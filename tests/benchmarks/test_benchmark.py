@@ -106,16 +106,26 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
         if name == "HSPSAMTrainer":  # AdamW by default
             assert adam_steps == {QUICK["warmup"] + QUICK["steps"] + r["budget_steps"]}
 
-        # the schedule stretched over the epochs the budget allows at the measured step time: the learning rate of
-        # epoch e is lr0 * (1 - e / epochs) ** 0.9 (poly; ESP-MedSAM: lr0 * 0.01 ** (e / epochs)), one per epoch
-        epochs = max(1, int(r["budget_s"] / max(r["step_s_median"] * QUICK["iterations_per_epoch"], 1e-6)))
+        # the schedule follows the budget's clock: each epoch starts at the schedule's epoch e = 1000 * t / budget
+        # (t: seconds into the budget), and its learning rate is lr0 * (1 - e / 1000) ** 0.9 (poly; ESP-MedSAM:
+        # lr0 * 0.01 ** (e / 1000)); nnU-Net logs one rate per schedule epoch
+        assert r["schedule_epochs"] == 1000 and r["schedule"][0][1] == 0
+        for t, e in r["schedule"]:
+            assert abs(e - 1000 * t / r["budget_s"]) <= 1, (name, t, e)
+        epochs = list(dict.fromkeys(e for _, e in r["schedule"]))
+        assert len(epochs) >= 2 and epochs == sorted(epochs), (name, r["schedule"])
         lrs = checkpoint["logging"]["lrs"]
-        assert len(lrs) == min(math.ceil(r["budget_steps"] / QUICK["iterations_per_epoch"]), epochs), (name, lrs)
         if name == "ESPMedSAMTrainer":  # exponential decay to 1 % at the last epoch
-            expected = [lrs[0] * 0.01 ** (e / epochs) for e in range(len(lrs))]
+            expected = [lrs[0] * 0.01 ** (e / 1000) for e in epochs]
         else:
-            expected = [lrs[0] * (1 - e / epochs) ** 0.9 for e in range(len(lrs))]
+            expected = [lrs[0] * (1 - e / 1000) ** 0.9 for e in epochs]
         assert lrs == pytest.approx(expected, rel=1e-9), (name, lrs)
+        if name == "SelfPromptSAMTrainer" and epochs[-1] >= 200:  # its warm-up: the first 20 % of the budget
+            (log,) = (results / DATASET / f"{name}__{PLANS}__2d" / "fold_0").glob("training_log_*.txt")
+            text = log.read_text()
+            assert "Warm-up (200 of 1000 epochs)" in text
+            first_full = min(e for e in epochs if e >= 200)
+            assert f"Epoch {first_full}: full loss" in text
 
     # results.md: each figure of results.json, the ratios against nnUNetTrainer computed from those figures
     assert (f"budget {QUICK['budget_min']} min per trainer" in table
@@ -219,3 +229,20 @@ def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocess
         assert (results / DATASET / folder / "fold_0" / "checkpoint_final.pth").is_file()
     table = (out / "results.md").read_text()
     assert f"plans {PLANS} (patch [128, 128], batch 8); plans nnUNetPlans (patch {conf['patch_size']}" in table
+
+    # the same command again: both rows are kept from the first run (measured once), the table rebuilt from them
+    kept = {p.name: p.read_text() for p in (out / "rows").iterdir()}
+    assert sorted(kept) == ["nnUNetTrainer.json", "nnUNetTrainer__nnUNetPlans.json"]
+    proc = run_quick(acdc_preprocessed, out, "--trainers", "nnUNetTrainer@nnUNetPlans", "nnUNetTrainer")
+    assert proc.stdout.count("kept from") == 2 and "] train step" not in proc.stdout
+    again = json.loads((out / "results.json").read_text())["trainers"]
+    assert again == rows[::-1]  # in the order asked for
+    assert {p.name: p.read_text() for p in (out / "rows").iterdir()} == kept
+    # a kept row measured with other settings is refused, not overwritten
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAM_NNUNET_")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--quick", "--seed", "1",
+                           "--nnunet-raw", str(acdc_preprocessed["nnUNet_raw"]),
+                           "--nnunet-preprocessed", str(acdc_preprocessed["nnUNet_preprocessed"]),
+                           "--processes", "1", "--trainers", "nnUNetTrainer"], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "was measured with other settings" in proc.stderr
+    assert {p.name: p.read_text() for p in (out / "rows").iterdir()} == kept
