@@ -2,8 +2,10 @@
 
 nnU-Net plans its patch and batch sizes for a U-Net. A SAM encoder wants patches that are multiples
 of its 16-pixel patch size and a batch size that fits a ViT. A preset (JSON in the project's
-``plans/``) gives, per configuration, ``batch_size``, ``patch_size`` and a ``"sam_nnunet"`` block of
-network arguments (e.g. the encoder). The derived plans keep nnU-Net's data identifier, so they use
+``plans/``) gives, per configuration, ``batch_size``, ``patch_size``, a ``"sam_nnunet"`` block of
+network arguments (e.g. the encoder) and optionally a ``"training"`` block of settings per trainer
+(``{"HSPSAMTrainer": {"learning_rate": 1e-3}}``: applies to that trainer and its variants; see
+``SAMTrainerBase``), written to the configuration's ``sam_nnunet_training``. The derived plans keep nnU-Net's data identifier, so they use
 the preprocessed data that ``nnUNetv2_plan_and_preprocess`` already wrote. This edits plans instead
 of subclassing a planner because nnU-Net only finds planners inside its own package.
 
@@ -22,7 +24,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
+#: a configuration's training settings per trainer, from a preset's ``"training"`` block (read by ``SAMTrainerBase``)
+TRAINING_KEY = "sam_nnunet_training"
 
 def presets_dir() -> Path:
     """The installed ``plans/`` folder of the project (package ``sam_nnunet.plans_presets``)."""
@@ -69,6 +72,8 @@ def derive_sam_plans(nnunet_plans: dict, preset: dict) -> dict:
         _fit_unet_to_patch(conf)
         conf["batch_size"] = int(settings.get("batch_size", conf["batch_size"]))
         conf["sam_nnunet"] = dict(settings.get("sam_nnunet", {}))
+        if "training" in settings:
+            conf[TRAINING_KEY] = copy.deepcopy(settings["training"])
     return plans
 
 

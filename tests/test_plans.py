@@ -28,6 +28,14 @@ def test_derived_plans_keep_data_identifier_and_set_sam_fields():
     assert NNUNET_PLANS["configurations"]["2d"]["batch_size"] == 56  # input untouched
 
 
+def test_preset_training_block_is_written_to_the_configuration():
+    preset = {"plans_name": "nnUNetPlans_x", "configurations": {"2d": {
+        "sam_nnunet": {"encoder": "vit_tiny"}, "training": {"HSPSAMTrainer": {"learning_rate": 1e-3}}}}}
+    plans = derive_sam_plans(NNUNET_PLANS, preset)
+    assert plans["configurations"]["2d"]["sam_nnunet_training"] == {"HSPSAMTrainer": {"learning_rate": 1e-3}}
+    assert "sam_nnunet_training" not in derive_sam_plans(NNUNET_PLANS, load_preset("vit_b"))["configurations"]["2d"]
+
+
 def test_presets_are_shipped():
     assert {"cpu_tiny", "vit_b"} <= set(available_presets())
     with pytest.raises(FileNotFoundError, match="cpu_tiny"):

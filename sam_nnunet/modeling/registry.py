@@ -3,7 +3,8 @@
 One place for every size so the network classes stay free of presets (cf.
 ``segment_anything.sam_model_registry``). ``vit_b/l/h`` match the official checkpoints
 (``sam_vit_b_01ec64.pth`` etc. and MedSAM's ``medsam_vit_b.pth``); ``vit_tiny`` / ``vit_small``
-have no pretrained weights and exist so that tests and CPU demos train in minutes.
+(and their 8-pixel-patch forms ``*_p8``) have no pretrained weights and exist so that tests and CPU demos
+train in minutes.
 
 ``LIGHT_ENCODERS`` are the TinyViT students of ESP-MedSAM (:mod:`.light_encoder`): ``tiny_vit_5m`` is
 MobileSAM's configuration (its ``mobile_sam.pt`` and the files ``sam_nnunet distill`` writes load into
@@ -42,6 +43,13 @@ ENCODERS: Dict[str, EncoderConfig] = {
                                decoder_dim=128, decoder_mlp_dim=512, decoder_heads=4, pretrained=False),
     "vit_tiny": EncoderConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
                               decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4, pretrained=False),
+    # 8-pixel patches: 4x the tokens, mask logits at 1/2 instead of 1/4 of the input (SAM's 4x upscaling of the
+    # token grid); for from-scratch CPU presets, where thin structures (ACDC's myocardium) lose at 1/4
+    "vit_tiny_p8": EncoderConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
+                                 patch_size=8, decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4, pretrained=False),
+    "vit_small_p8": EncoderConfig(embed_dim=192, depth=6, num_heads=6, global_attn_indexes=(1, 3, 5), window_size=8,
+                                  patch_size=8, decoder_dim=128, decoder_mlp_dim=512, decoder_heads=4,
+                                  pretrained=False),
 }
 
 

@@ -24,6 +24,9 @@ arguments; everything else lives here once:
   exponential decay (ESP-MedSAM: ``lr_schedule = "exponential"``) says so. All
   parameters are in the optimiser (frozen ones have no gradient and are skipped), so its state loads
   on ``--c`` whether or not the encoder is frozen.
+* Training settings from the plans: a preset's ``"training"`` block (``sam_nnunet_training`` in the
+  configuration) sets ``learning_rate``, ``weight_decay`` and ``supervised_outputs`` per trainer class,
+  e.g. a CPU preset's from-scratch rate; logged, and saved with the model's plans.
 * Loss: nnU-Net's Dice + CE (or Dice + BCE for regions), weighted ``dice_weight`` / ``ce_weight``.
 * Deep supervision: the network reports the target scale of each of its outputs
   (``deep_supervision_scales``) and the trainer the loss weight of each (``deep_supervision_weights``);
@@ -73,6 +76,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, file_fingerprint, load_sam_checkpoint
+from sam_nnunet.plans import TRAINING_KEY
 from sam_nnunet.training.lr_schedules import ExponentialLRScheduler
 from sam_nnunet.training.safeguards import NonFiniteGuard, SaveSchedule
 
@@ -86,6 +90,12 @@ PLANS_OVERRIDE_KEY = "sam_nnunet"
 #: key of a configuration's "architecture" entry naming the trainer that recorded its arguments
 RECORDED_BY_KEY = "sam_nnunet_trainer"
 RUN_INFO_FILE = "sam_nnunet_run.json"
+#: what a plans ``sam_nnunet_training`` block may set, and what each must be
+TRAINING_SETTINGS = {
+    "learning_rate": lambda v: isinstance(v, (int, float)) and v > 0,
+    "weight_decay": lambda v: isinstance(v, (int, float)) and v >= 0,
+    "supervised_outputs": lambda v: v in ("all", "final"),
+}
 
 
 def _positive_int_env(name: str) -> Optional[int]:
@@ -147,6 +157,7 @@ class SAMTrainerBase(nnUNetTrainer):
             self.print_to_log_file(f"{SEED_ENV}={seed}")
         self.initial_lr = self.base_learning_rate
         self.weight_decay = self.base_weight_decay
+        self._apply_plans_training()
         self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = _positive_int_env(VAL_ITERATIONS_ENV) or self.num_val_iterations_per_epoch
         self.save_every = _positive_int_env(SAVE_EVERY_ENV) or self.save_every
@@ -161,6 +172,27 @@ class SAMTrainerBase(nnUNetTrainer):
             raise ValueError(f"{type(self).__name__}: this dataset is region-based (regions_class_order in dataset.json) "
                              f"and {self.refuses_regions} Use HSPSAMTrainer for regions.")
         self._record_architecture()
+
+    def _apply_plans_training(self) -> None:
+        """Settings of the configuration's ``sam_nnunet_training`` block (a preset's ``"training"``) for the most
+        specific class of this trainer named there: ``{"HSPSAMTrainer": {"learning_rate": 1e-3}}`` applies to
+        ``HSPSAMTrainer`` and its variants, not to other methods on the same plans."""
+        block = self.configuration_manager.configuration.get(TRAINING_KEY) or {}
+        owner = next((c.__name__ for c in type(self).__mro__ if c.__name__ in block), None)
+        if owner is None:
+            return
+        settings = block[owner]
+        unknown = sorted(set(settings) - set(TRAINING_SETTINGS))
+        if unknown:
+            raise ValueError(f"plans {TRAINING_KEY}[{owner!r}]: unknown settings {unknown}; expected some of "
+                             f"{sorted(TRAINING_SETTINGS)}")
+        for key, check in TRAINING_SETTINGS.items():
+            if key in settings and not check(settings[key]):
+                raise ValueError(f"plans {TRAINING_KEY}[{owner!r}][{key!r}] = {settings[key]!r} is not valid")
+        self.initial_lr = float(settings.get("learning_rate", self.initial_lr))
+        self.weight_decay = float(settings.get("weight_decay", self.weight_decay))
+        self.supervised_outputs = settings.get("supervised_outputs", self.supervised_outputs)
+        self.print_to_log_file(f"Training settings from the plans ({TRAINING_KEY}[{owner!r}]): {settings}")
 
     # ------------------------------------------------------------------ architecture from plans
     def _num_targets(self) -> int:

@@ -180,6 +180,28 @@ def test_unknown_plans_override_is_a_clear_error(acdc_env):
         cls(plans=plans, configuration="2d", fold=0, dataset_json=dataset_json, device=CPU)
 
 
+def test_plans_training_block_sets_the_optimiser_and_loss_of_the_named_trainer_and_its_variants(acdc_env):
+    """A preset's "training" block: HSPSAMTrainer's settings reach HSPSAMTrainer_1epoch (a subclass) and its optimiser
+    and deep-supervision weights; another method on the same plans keeps its own; a bad setting is a clear error."""
+    plans, dataset_json = _plans_with(acdc_env, "vit_tiny")
+    plans["configurations"]["2d"]["sam_nnunet_training"] = {
+        "HSPSAMTrainer": {"learning_rate": 2e-3, "weight_decay": 0.05, "supervised_outputs": "final"}}
+    t = recursive_find_trainer_class_by_name("HSPSAMTrainer_1epoch")(plans=copy.deepcopy(plans), configuration="2d",
+                                                                     fold=0, dataset_json=dataset_json, device=CPU)
+    t.initialize()
+    assert t.optimizer.param_groups[0]["lr"] == 2e-3 and t.optimizer.param_groups[0]["weight_decay"] == 0.05
+    assert list(t.loss.weight_factors) == [1.0, 0.0]
+    other = recursive_find_trainer_class_by_name("PGSAMTrainer")(plans=copy.deepcopy(plans), configuration="2d",
+                                                                 fold=0, dataset_json=dataset_json, device=CPU)
+    assert other.initial_lr == type(other).base_learning_rate and other.supervised_outputs == "all"
+    for bad, match in (({"learning_rate": -1}, r"\['learning_rate'\] = -1 is not valid"),
+                       ({"lr": 1e-3}, r"unknown settings \['lr'\]; expected some of \['learning_rate'")):
+        plans["configurations"]["2d"]["sam_nnunet_training"] = {"HSPSAMTrainer": bad}
+        with pytest.raises(ValueError, match=match):
+            recursive_find_trainer_class_by_name("HSPSAMTrainer")(plans=copy.deepcopy(plans), configuration="2d",
+                                                                  fold=0, dataset_json=dataset_json, device=CPU)
+
+
 TABLE5_ROWS = {  # trainer suffix: (qa_prompts, hierarchical, skip_connections, lora_rank)
     "FtSAM": (False, False, False, 0), "Ablation1": (True, False, False, 32), "Ablation2": (True, True, False, 32),
     "Ablation3": (True, True, True, 32), "Ablation4": (False, True, False, 32), "Ablation5": (False, True, True, 32),
