@@ -246,3 +246,33 @@ def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocess
                            "--processes", "1", "--trainers", "nnUNetTrainer"], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "was measured with other settings" in proc.stderr
     assert {p.name: p.read_text() for p in (out / "rows").iterdir()} == kept
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (SCRIPT.parent / "presets").glob("*.json")))
+def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, preset, tmp_path):
+    """Every preset that docs/benchmarks.md reports as tried: its plans derive from nnU-Net's, and HSPSAMTrainer builds
+    its network, applies its training settings and takes a finite training step on ACDC patches of its patch size."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from sam_nnunet.modeling.registry import get_encoder_config
+    from sam_nnunet.plans import load_preset, write_sam_plans
+
+    folder = acdc_env["nnUNet_preprocessed"] / DATASET
+    spec = load_preset(str(SCRIPT.parent / "presets" / preset))
+    written = write_sam_plans("27", str(SCRIPT.parent / "presets" / preset), preprocessed_root=str(acdc_env["nnUNet_preprocessed"]))
+    try:
+        trainer = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_1epoch", spec["plans_name"], device=torch.device("cpu"))
+        trainer.num_iterations_per_epoch = 1
+        trainer.on_train_start()
+        conf = spec["configurations"]["2d"]
+        encoder = get_encoder_config(conf["sam_nnunet"]["encoder"])
+        assert trainer.network.patch_size == encoder.patch_size
+        assert list(trainer.configuration_manager.patch_size) == conf["patch_size"] and trainer.batch_size == conf["batch_size"]
+        lr = conf.get("training", {}).get("HSPSAMTrainer", {}).get("learning_rate", trainer.base_learning_rate)
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+        trainer.on_train_epoch_start()
+        loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
+        assert np.isfinite(loss)
+        trainer.on_train_end()
+    finally:
+        written.unlink()  # the plans folder is shared by the session's tests
