@@ -250,8 +250,9 @@ def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocess
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (SCRIPT.parent / "presets").glob("*.json")))
 def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, preset, tmp_path):
-    """Every preset that docs/benchmarks.md reports as tried: its plans derive from nnU-Net's, and HSPSAMTrainer builds
-    its network, applies its training settings and takes a finite training step on ACDC patches of its patch size."""
+    """Every preset in benchmarks/presets (screened in docs/benchmarks.md, or next to be): its plans derive from
+    nnU-Net's, and HSPSAMTrainer builds its network, applies its training settings and takes a finite training step
+    on ACDC patches of its patch size."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
     from sam_nnunet.modeling.registry import get_encoder_config
