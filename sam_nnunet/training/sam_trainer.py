@@ -189,6 +189,10 @@ class SAMTrainerBase(nnUNetTrainer):
         for key, check in TRAINING_SETTINGS.items():
             if key in settings and not check(settings[key]):
                 raise ValueError(f"plans {TRAINING_KEY}[{owner!r}][{key!r}] = {settings[key]!r} is not valid")
+        own_weights = type(self).deep_supervision_weights is not SAMTrainerBase.deep_supervision_weights
+        if "supervised_outputs" in settings and own_weights:
+            raise ValueError(f"plans {TRAINING_KEY}[{owner!r}]: {type(self).__name__} sets its own deep-supervision "
+                             f"weights (its paper's), so 'supervised_outputs' does not apply to it")
         self.initial_lr = float(settings.get("learning_rate", self.initial_lr))
         self.weight_decay = float(settings.get("weight_decay", self.weight_decay))
         self.supervised_outputs = settings.get("supervised_outputs", self.supervised_outputs)

@@ -200,6 +200,11 @@ def test_plans_training_block_sets_the_optimiser_and_loss_of_the_named_trainer_a
         with pytest.raises(ValueError, match=match):
             recursive_find_trainer_class_by_name("HSPSAMTrainer")(plans=copy.deepcopy(plans), configuration="2d",
                                                                   fold=0, dataset_json=dataset_json, device=CPU)
+    # a trainer with its paper's own deep-supervision weights refuses a setting it would ignore
+    plans["configurations"]["2d"]["sam_nnunet_training"] = {"SelfPromptSAMTrainer": {"supervised_outputs": "final"}}
+    with pytest.raises(ValueError, match="sets its own deep-supervision weights"):
+        recursive_find_trainer_class_by_name("SelfPromptSAMTrainer")(plans=copy.deepcopy(plans), configuration="2d",
+                                                                     fold=0, dataset_json=dataset_json, device=CPU)
 
 
 TABLE5_ROWS = {  # trainer suffix: (qa_prompts, hierarchical, skip_connections, lora_rank)
