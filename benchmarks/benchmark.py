@@ -33,8 +33,11 @@ machine's noise hits all alike:
 
 ``--accuracy`` is the realistic-budget mode: 60 minutes per trainer, all 80 shipped ACDC patients
 (fold 0: 64 training, 16 validation patients, 32 volumes), every validation volume, and the rows
-``nnUNetTrainer@nnUNetPlans`` (nnU-Net as it plans itself), ``nnUNetTrainer`` (on the SAM preset's
-plans), ``HSPSAMTrainer``, ``SelfPromptSAMTrainer`` and ``SelfPromptSAMTrainer:3d_fullres``. Each
+``nnUNetTrainer@nnUNetPlans`` (nnU-Net as it plans itself), ``nnUNetTrainer`` (on the SAM presets'
+128 x 128 patch and batch 8), ``HSPSAMTrainer`` on the shipped CPU preset ``cpu_p8``
+(``nnUNetPlans_SAMcpu_p8``, whose plans are written when missing, as for any shipped preset a row names), and
+``SelfPromptSAMTrainer`` and ``SelfPromptSAMTrainer:3d_fullres`` on ``cpu_tiny`` (Self-Prompt-SAM's decoder
+takes 16-pixel encoder patches only). Each
 finished row is kept in ``--out``/``rows/``: the same command run again (after a crash, or in
 pieces: ``--trainers`` a few at a time) measures only the rows still missing and builds the table
 from all of them; a kept row measured with other settings is refused, never overwritten.
@@ -82,8 +85,8 @@ DATASETS = {  # --dataset: nnU-Net id and name, label names, what the split is
 
 TRAINERS = ["nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"]
 ACCURACY = {"budget_min": 60.0, "patients": 80, "val_cases": 0,  # --accuracy
-            "trainers": ["nnUNetTrainer@nnUNetPlans", "nnUNetTrainer", "HSPSAMTrainer", "SelfPromptSAMTrainer",
-                         "SelfPromptSAMTrainer:3d_fullres"]}
+            "trainers": ["nnUNetTrainer@nnUNetPlans", "nnUNetTrainer", "HSPSAMTrainer@nnUNetPlans_SAMcpu_p8",
+                         "SelfPromptSAMTrainer", "SelfPromptSAMTrainer:3d_fullres"]}
 
 
 def peak_rss_reset() -> None:
@@ -138,6 +141,7 @@ def prepare(args) -> Dict[str, Path]:
         subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(ds["id"]), "-c", "2d", "-np", str(args.processes)],
                        check=True, stdout=subprocess.DEVNULL)
         write_sam_plans(str(ds["id"]), "cpu_tiny")
+    write_missing_shipped_plans(str(ds["id"]), pre / ds["name"], {parse_trainer(t)[1] for t in args.trainers})
     if any(parse_trainer(t)[2] == "3d_fullres" for t in args.trainers):
         plans = json.loads((pre / ds["name"] / "nnUNetPlans.json").read_text())
         if "3d_fullres" not in plans["configurations"]:
@@ -147,6 +151,19 @@ def prepare(args) -> Dict[str, Path]:
             subprocess.run(["nnUNetv2_preprocess", "-d", str(ds["id"]), "-c", "3d_fullres", "-np", str(args.processes)],
                            check=True, stdout=subprocess.DEVNULL)
     return {"raw": raw, "preprocessed": pre, "results": results}
+
+
+def write_missing_shipped_plans(dataset: str, folder: Path, plans_names) -> None:
+    """Write the plans of every shipped preset (``plans/``) a row names but ``folder`` lacks, so that a row such as
+    ``HSPSAMTrainer@nnUNetPlans_SAMcpu_p8`` runs from an empty ``--out``; plans of no shipped preset are left to
+    ``sam_nnunet plans --preset FILE``, and the row then fails with nnU-Net's own missing-plans error."""
+    from sam_nnunet.plans import available_presets, load_preset, write_sam_plans
+
+    shipped = {load_preset(name)["plans_name"]: name for name in available_presets()}
+    for plans in sorted(plans_names):
+        if plans in shipped and not (folder / f"{plans}.json").is_file():
+            print(f"writing {plans} (preset {shipped[plans]})", flush=True)
+            write_sam_plans(dataset, shipped[plans])
 
 
 def parse_trainer(spec: str) -> Tuple[str, str, str, bool]:
@@ -246,7 +263,11 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     print(f"[{name}] {row['network']}: {row['params_total']:,} parameters, {row['params_trainable']:,} trainable, "
           f"{row['gflops_per_patch']:.2f} GFLOPs per patch", flush=True)
 
-    # -- training step time and peak memory
+    # -- training step time and peak memory, on steps that are then undone, so that every trainer's training is its
+    # budget alone (a step of nnU-Net's default plans takes most of a minute on 2 cores: its timed steps would add a
+    # quarter of an hour). The starting weights wait on disk, out of the peak memory measured.
+    start_state = Path(trainer.output_folder) / "benchmark_start_state.pth"
+    torch.save({"network": net.state_dict(), "optimizer": trainer.optimizer.state_dict()}, start_state)
     peak_rss_reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -268,6 +289,11 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     if device.type == "cuda":
         row["train_peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     print(f"[{name}] train step {row['step_s_median']:.3f} s (median of {len(times)})", flush=True)
+    undo = torch.load(start_state, map_location=device, weights_only=False)
+    net.load_state_dict(undo["network"])
+    trainer.optimizer.load_state_dict(undo["optimizer"])
+    start_state.unlink()
+    del undo
 
     # -- equal wall-clock budget; the learning-rate schedule (poly, ESP-MedSAM's exponential decay) and any
     # warm-up follow the budget's clock (clock_epoch), so they end with it

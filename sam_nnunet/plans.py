@@ -27,6 +27,10 @@ from typing import Dict, List, Optional
 #: a configuration's training settings per trainer, from a preset's ``"training"`` block (read by ``SAMTrainerBase``)
 TRAINING_KEY = "sam_nnunet_training"
 
+#: the preset ``sam_nnunet plans`` uses by default: the one measured best on 2 CPU cores at 60 minutes
+CPU_PRESET = "cpu_p8"
+
+
 def presets_dir() -> Path:
     """The installed ``plans/`` folder of the project (package ``sam_nnunet.plans_presets``)."""
     from sam_nnunet import plans_presets

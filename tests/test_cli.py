@@ -22,6 +22,12 @@ def test_demo_refuses_a_non_empty_output_folder(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "results"
 
 
+def test_demo_names_the_presets_when_given_a_missing_one_before_doing_any_work(tmp_path):
+    out = sam_nnunet("demo", "--out", str(tmp_path / "run"), "--preset", "no_such_preset")
+    assert out.returncode == 2 and "no_such_preset" in out.stderr and "cpu_tiny" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
 def test_convert_errors_are_one_clear_line(tmp_path, nnunet_env):
     out = sam_nnunet("convert-acdc", "-i", str(tmp_path / "missing"))
     assert out.returncode == 2

@@ -1,8 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from sam_nnunet.plans import available_presets, derive_sam_plans, load_preset, round_patch, write_sam_plans
+from sam_nnunet.plans import CPU_PRESET, available_presets, derive_sam_plans, load_preset, round_patch, write_sam_plans
 
 NNUNET_PLANS = {
     "plans_name": "nnUNetPlans",
@@ -37,9 +38,19 @@ def test_preset_training_block_is_written_to_the_configuration():
 
 
 def test_presets_are_shipped():
-    assert {"cpu_tiny", "vit_b"} <= set(available_presets())
+    assert {"cpu_tiny", "cpu_p8", "vit_b", CPU_PRESET} <= set(available_presets())
     with pytest.raises(FileNotFoundError, match="cpu_tiny"):
         load_preset("nope")
+
+
+def test_the_cpu_preset_is_the_one_measured_at_60_minutes():
+    """The default CPU preset's 2d configuration is the screened preset whose 60-minute row docs/benchmarks.md
+    reports (``benchmarks/presets/try_p8_lr1e3.json``): shipping another means measuring it first."""
+    measured = load_preset(str(Path(__file__).resolve().parents[1] / "benchmarks" / "presets" / "try_p8_lr1e3.json"))
+    shipped = load_preset(CPU_PRESET)["configurations"]
+    assert shipped["2d"] == measured["configurations"]["2d"]
+    assert shipped["3d_fullres"]["sam_nnunet"] == shipped["2d"]["sam_nnunet"]
+    assert shipped["3d_fullres"]["training"] == shipped["2d"]["training"]
 
 
 def test_write_refuses_to_overwrite_different_plans(tmp_path):

@@ -138,6 +138,10 @@ class SelfPromptSAM(nn.Module):
         if num_classes < 2:
             raise ValueError("Self-Prompt-SAM needs background + at least one class (softmax outputs)")
         cfg = get_encoder_config(encoder)
+        if cfg.patch_size != 16:
+            raise ValueError(f"Self-Prompt-SAM's MSPGenerator decodes 16-pixel encoder patches (1/16 to full "
+                             f"resolution in four steps, as in the paper); encoder {encoder!r} has {cfg.patch_size}-pixel "
+                             f"patches. Use a 16-pixel encoder (e.g. plans preset cpu_tiny or vit_b).")
         self.encoder_name = encoder
         self.num_input_channels = num_input_channels
         self.num_classes = num_classes

@@ -98,13 +98,13 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
             assert r["dice"][k] == pytest.approx(np.nanmean(values), abs=1e-9), (name, k)
 
         # the equal wall-clock budget: the budget asked for, and the steps reported are the optimiser's steps
-        # (Adam(W) counts its own; SGD keeps no count)
+        # (Adam(W) counts its own; SGD keeps no count): the timed steps before the budget were undone
         assert r["budget_s"] == QUICK["budget_min"] * 60 and r["budget_steps"] >= 1
         checkpoint = torch.load(results / DATASET / f"{name}__{PLANS}__2d" / "fold_0" / "checkpoint_final.pth",
                                 map_location="cpu", weights_only=False)
         adam_steps = {float(s["step"]) for s in checkpoint["optimizer_state"]["state"].values() if "step" in s}
         if name == "HSPSAMTrainer":  # AdamW by default
-            assert adam_steps == {QUICK["warmup"] + QUICK["steps"] + r["budget_steps"]}
+            assert adam_steps == {r["budget_steps"]}
 
         # the schedule follows the budget's clock: each epoch starts at the schedule's epoch e = 1000 * t / budget
         # (t: seconds into the budget), and its learning rate is lr0 * (1 - e / 1000) ** 0.9 (poly; ESP-MedSAM:
@@ -246,6 +246,58 @@ def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocess
                            "--processes", "1", "--trainers", "nnUNetTrainer"], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "was measured with other settings" in proc.stderr
     assert {p.name: p.read_text() for p in (out / "rows").iterdir()} == kept
+
+
+def test_rows_on_a_shipped_preset_get_its_plans_written(acdc_env):
+    """``--trainers HSPSAMTrainer@nnUNetPlans_SAMcpu_p8`` from an empty --out: the harness writes the plans of the
+    shipped preset a row names; a plans name no shipped preset has is left alone (nnU-Net then names it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = acdc_env["nnUNet_preprocessed"] / DATASET
+    written = folder / "nnUNetPlans_SAMcpu_p8.json"
+    assert not written.exists()
+    try:
+        bench.write_missing_shipped_plans("27", folder, {"nnUNetPlans_SAMcpu_p8", "nnUNetPlans_SAMnone", PLANS})
+        plans = json.loads(written.read_text())
+        assert plans["configurations"]["2d"]["sam_nnunet"]["encoder"] == "vit_tiny_p8"
+        assert not (folder / "nnUNetPlans_SAMnone.json").exists()
+    finally:
+        written.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_the_cpu_preset_trains_hsp_sam_and_self_prompt_sam_refuses_it(acdc_env, configuration):
+    """The shipped CPU preset (``cpu_p8``: 8-pixel patches), HSP-SAM's row of --accuracy: the trainer builds its
+    network on the preset's encoder at the preset's rate and takes a finite training step on ACDC patches.
+    Self-Prompt-SAM's MSPGenerator decodes 16-pixel patches only: it refuses the preset with an error naming
+    the patch size (its --accuracy rows run on cpu_tiny)."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from sam_nnunet.modeling.registry import get_encoder_config
+    from sam_nnunet.plans import CPU_PRESET, load_preset, write_sam_plans
+
+    preset = load_preset(CPU_PRESET)
+    written = write_sam_plans("27", CPU_PRESET, preprocessed_root=str(acdc_env["nnUNet_preprocessed"]))
+    try:
+        trainer = get_trainer_from_args("27", configuration, 0, "HSPSAMTrainer_1epoch", preset["plans_name"],
+                                        device=torch.device("cpu"))
+        trainer.num_iterations_per_epoch = 1
+        trainer.on_train_start()
+        conf = preset["configurations"][configuration]
+        assert trainer.network.patch_size == get_encoder_config(conf["sam_nnunet"]["encoder"]).patch_size == 8
+        assert trainer.initial_lr == pytest.approx(conf["training"]["HSPSAMTrainer"]["learning_rate"]) != 3e-4
+        trainer.on_train_epoch_start()
+        assert np.isfinite(trainer.train_step(next(trainer.dataloader_train))["loss"])
+        trainer.on_train_end()
+        other = get_trainer_from_args("27", configuration, 0, "SelfPromptSAMTrainer_1epoch", preset["plans_name"],
+                                      device=torch.device("cpu"))
+        with pytest.raises(ValueError, match="16-pixel encoder patches.*8-pixel"):
+            other.initialize()
+    finally:
+        written.unlink()  # the plans folder is shared by the session's tests
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (SCRIPT.parent / "presets").glob("*.json")))

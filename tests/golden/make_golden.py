@@ -29,7 +29,7 @@ def main() -> int:
     args = p.parse_args()
     work = Path(args.work)
     subprocess.run(["sam_nnunet", "demo", "-i", args.acdc, "--out", str(work), "--patients", "20", "--holdout", "2",
-                    "--epochs", "20", "--iterations", "50", "--seed", "0"], check=True)
+                    "--epochs", "20", "--iterations", "50", "--seed", "0", "--preset", "cpu_tiny"], check=True)
     shutil.rmtree(MODEL, ignore_errors=True)
     shutil.rmtree(REFERENCE, ignore_errors=True)
     env_results = work / "nnUNet_results"
