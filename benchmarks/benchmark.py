@@ -13,6 +13,8 @@ For every trainer (default ``nnUNetTrainer``, ``HSPSAMTrainer``, ``SelfPromptSAM
 and fold 0 of the same patient-grouped split, it measures, one trainer after the other so the
 machine's noise hits all alike:
 
+* the machine's speed: :func:`machine_probe_s`, a fixed convolution workload timed before the trainer is built,
+  so that rows measured on different days (on machines of the same name but not the same speed) can be told apart;
 * training step time: median and interquartile range of ``train_step`` (forward, loss, backward,
   optimiser step; data loading excluded) over ``--steps`` steps after ``--warmup``;
 * sliding-window inference time per volume through ``nnUNetPredictor`` (nnU-Net's defaults: step
@@ -218,6 +220,27 @@ def measure_or_reuse(spec: str, args, paths, out: Path) -> dict:
     return row
 
 
+def machine_probe_s(samples: int = 5, repeats: int = 3) -> float:
+    """Seconds for a fixed CPU workload, recorded with every row: ``repeats`` forward and backward passes of one
+    32-channel 3 x 3 convolution over a batch of 8 patches of 128 x 128 (float32), the median of ``samples``.
+
+    Rows measured in different sessions run on machines that report the same name ("2 CPU cores (AMD EPYC)") but
+    were seen to differ by about 1.5x in step time (HSP-SAM on ``vit_tiny_p8``: 4,259 steps in 15 minutes on
+    2026-11-30, 2,911 on 2026-12-03). Steps in a budget, and so Dice per CPU-hour, compare only between rows of
+    similar probe times; the probe says which rows those are."""
+    import torch
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(8, 32, 128, 128, requires_grad=True)
+    times = []
+    for _ in range(samples + 1):  # the first sample warms up (allocation, oneDNN's kernel choice) and is dropped
+        start = time.perf_counter()
+        for _ in range(repeats):
+            conv(x).square().mean().backward()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def machine(device: str) -> str:
     import torch
 
@@ -235,6 +258,8 @@ def benchmark_trainer(name: str, args, paths) -> dict:
 
     ds = DATASETS[args.dataset]
     trainer_class, plans, configuration, pretrained = parse_trainer(name)
+    probe = machine_probe_s()  # before any data-loading worker starts
+    print(f"[{name}] machine probe {probe:.3f} s", flush=True)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = torch.device(args.device)
@@ -256,6 +281,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     trainer.on_train_start()  # initialises network, optimiser, loss and data loaders (and loads the checkpoint)
     net = trainer.network
     row = {"trainer": name, "plans": plans, "configuration": configuration, "network": type(net).__name__,
+           "machine_probe_s": probe,
            "params_total": sum(p.numel() for p in net.parameters()),
            "params_trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
            "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size)}

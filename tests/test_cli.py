@@ -41,3 +41,14 @@ def test_the_command_line_starts_without_importing_torch():
              "print(sorted(m for m in ('torch', 'onnxruntime', 'nnunetv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_demo_and_plans_default_to_the_cpu_preset_measured_best():
+    """README: `sam_nnunet demo` and `sam_nnunet plans` both use cpu_p8 unless told otherwise."""
+    from sam_nnunet.cli import build_parser
+    from sam_nnunet.plans import CPU_PRESET
+
+    parser = build_parser()
+    assert CPU_PRESET == "cpu_p8"
+    assert parser.parse_args(["demo", "--out", "run"]).preset == CPU_PRESET
+    assert parser.parse_args(["plans", "-d", "27"]).preset == CPU_PRESET

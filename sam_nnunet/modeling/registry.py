@@ -47,6 +47,11 @@ ENCODERS: Dict[str, EncoderConfig] = {
     # token grid); for from-scratch CPU presets, where thin structures (ACDC's myocardium) lose at 1/4
     "vit_tiny_p8": EncoderConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
                                  patch_size=8, decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4, pretrained=False),
+    # vit_tiny_p8 at twice the width (128): HSP-SAM with it has 1.43 M parameters and takes 0.61 GFLOPs per
+    # 128 x 128 patch (vit_tiny_p8: 0.76 M, 0.24); a preset queued for the screens of issue #18 (docs/benchmarks.md)
+    "vit_tiny_wide_p8": EncoderConfig(embed_dim=128, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
+                                      patch_size=8, decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4,
+                                      pretrained=False),
     "vit_small_p8": EncoderConfig(embed_dim=192, depth=6, num_heads=6, global_attn_indexes=(1, 3, 5), window_size=8,
                                   patch_size=8, decoder_dim=128, decoder_mlp_dim=512, decoder_heads=4,
                                   pretrained=False),

@@ -72,13 +72,15 @@ def test_quick_benchmark_writes_json_markdown_and_plot(acdc_preprocessed, tmp_pa
     for r in rows:
         name = r["trainer"]
         for key in ("step_s_median", "step_s_q1", "step_s_q3", "infer_s_per_volume", "train_peak_rss_mb",
-                    "infer_peak_rss_mb", "params_total", "params_trainable", "budget_steps", "gflops_per_patch"):
+                    "infer_peak_rss_mb", "params_total", "params_trainable", "budget_steps", "gflops_per_patch",
+                    "machine_probe_s"):
             assert math.isfinite(r[key]) and r[key] > 0, (name, key, r[key])
         assert r["step_s_q1"] <= r["step_s_median"] <= r["step_s_q3"]
         assert r["params_trainable"] <= r["params_total"]
         assert r["patch_size"] == [128, 128] and r["batch_size"] == 8  # same patch and batch for all
         # the step time is the median over exactly the steps asked for, after the warm-up
         assert f"[{name}] train step {r['step_s_median']:.3f} s (median of {QUICK['steps']})" in proc.stdout
+        assert f"[{name}] machine probe {r['machine_probe_s']:.3f} s" in proc.stdout
 
         # validation: the first --val-cases cases of fold 0, predicted in their own geometry; Dice recomputed here
         # from the written predictions and the reference labels
