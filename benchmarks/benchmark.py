@@ -225,9 +225,9 @@ def machine_probe_s(samples: int = 5, repeats: int = 3) -> float:
     32-channel 3 x 3 convolution over a batch of 8 patches of 128 x 128 (float32), the median of ``samples``.
 
     Rows measured in different sessions run on machines that report the same name ("2 CPU cores (AMD EPYC)") but
-    were seen to differ by about 1.5x in step time (HSP-SAM on ``vit_tiny_p8``: 4,259 steps in 15 minutes on
-    2026-11-30, 2,911 on 2026-12-03). Steps in a budget, and so Dice per CPU-hour, compare only between rows of
-    similar probe times; the probe says which rows those are."""
+    were seen to differ in speed: the same 15-minute HSP-SAM screen (``try_p8_lr1e3``) made 4,259 steps and
+    predicted a volume in 3.54 s on 2026-11-30, and 3,223 steps and 5.94 s on 2026-12-03. Steps in a budget, and
+    so Dice per CPU-hour, compare only between rows of similar probe times; the probe says which rows those are."""
     import torch
 
     conv = torch.nn.Conv2d(32, 32, 3, padding=1)
