@@ -325,6 +325,10 @@ def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, pre
         assert list(trainer.configuration_manager.patch_size) == conf["patch_size"] and trainer.batch_size == conf["batch_size"]
         lr = conf.get("training", {}).get("HSPSAMTrainer", {}).get("learning_rate", trainer.base_learning_rate)
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+        supervised = conf.get("training", {}).get("HSPSAMTrainer", {}).get("supervised_outputs", "all")
+        weights = np.asarray(trainer.loss.weight_factors, dtype=float)
+        assert weights[0] > 0 and len(weights) == trainer.network.num_levels
+        assert (np.count_nonzero(weights) == 1) == (supervised == "final")
         trainer.on_train_epoch_start()
         loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
         assert np.isfinite(loss)
