@@ -328,10 +328,10 @@ def benchmark_trainer(name: str, args, paths) -> dict:
     trainer.num_epochs = trainer.lr_scheduler.max_steps = SCHEDULE_EPOCHS
     trainer.current_epoch = 0  # started above (the step times)
     steps_done, start, curve, schedule, losses = 0, time.perf_counter(), [], [[0.0, 0]], []
-    while time.perf_counter() - start < budget:
-        epoch = clock_epoch(time.perf_counter() - start, budget)
+    while (elapsed := time.perf_counter() - start) < budget:
+        epoch = clock_epoch(elapsed, budget)  # the epoch and the time kept with it are read off one clock reading
         if epoch != trainer.current_epoch:  # checked every step: a step of nnU-Net's default plans takes a minute
-            schedule.append([round(time.perf_counter() - start, 3), epoch])
+            schedule.append([round(elapsed, 3), epoch])
             trainer.current_epoch = epoch
             trainer.on_train_epoch_start()  # nnU-Net: lr_scheduler.step(current_epoch); Self-Prompt-SAM: its phase
         losses.append(float(trainer.train_step(next(trainer.dataloader_train))["loss"]))
