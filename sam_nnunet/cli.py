@@ -26,6 +26,29 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    """List the named pretrained files this install can use (offline), each verified by size and SHA-256."""
+    import json
+
+    from sam_nnunet.modeling.pretrained_files import describe_all
+
+    rows = describe_all()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['name']}: {row['file']}, {row['bytes']:,} bytes, SHA-256 {row['sha256']}")
+        print(f"  licence:  {row['licence']}")
+        print(f"  source:   {row['source']}")
+        print(f"  contents: {row['description']}")
+        for trainer, parts in row["initialises"].items():
+            print(f"  {trainer}: {parts}")
+        print(f"  path:     {row['path'] or '-'}")
+        print(f"  status:   {row['status']}")
+        print(f"  use:      SAM_NNUNET_CHECKPOINT={row['name']} (install: {row['install']})")
+    return 0
+
+
 def cmd_convert_acdc(args: argparse.Namespace) -> int:
     from sam_nnunet.datasets.acdc import convert_acdc
 
@@ -180,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("env", help="print the exports nnU-Net needs (eval \"$(sam_nnunet env)\")")
     e.add_argument("--root", help="also export nnUNet_raw/_preprocessed/_results under this folder")
     e.set_defaults(func=cmd_env)
+
+    w = sub.add_parser("weights", help="list the pretrained files this install can use offline (name, SHA-256, "
+                                       "licence, what they initialise); SAM_NNUNET_CHECKPOINT takes the name")
+    w.add_argument("--json", action="store_true", help="print the list as JSON")
+    w.set_defaults(func=cmd_weights)
 
     a = sub.add_parser("convert-acdc", help="ACDC (official layout) -> nnU-Net raw dataset + patient splits")
     a.add_argument("-i", "--input", required=True, help="ACDC folder holding training/ (and testing/)")

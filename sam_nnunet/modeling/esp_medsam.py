@@ -8,7 +8,10 @@ Composition (each part its own module)::
     D      = sppg.dense_prompt(p_hat)              DP encoder                                             B x C x h x w
     M      = decoder(E + D, alpha)                 QDMD, Eqs. 6-7 (:mod:`.modality_decoder`)             B x K x 4h x 4w
 
-Student and teacher are the same class: ``light_encoder="tiny_vit_5m"`` (MobileSAM's TinyViT; ESP-MedSAM-S) or
+Student and teacher are the same class: ``light_encoder="tiny_vit_5m"`` (MobileSAM's TinyViT; ESP-MedSAM-S),
+``"tiny_vit_litemedsam"`` (LiteMedSAM's TinyViT, a student distilled from MedSAM: ``SAM_NNUNET_CHECKPOINT=litemedsam``
+with ``input_scaling="unit_range"``, plans preset ``cpu_medsam``; its embedding is at 1/4, so the masks come out at
+the input's resolution) or
 ``light_encoder=None`` and the SAM ViT ``encoder`` (``"vit_b"``: the frozen SAM encoder whose controller bags are
 the teacher's PEFT tokens; ESP-MedSAM-T). Two names, so that a plans preset that picks the ViT size (``encoder``)
 leaves the student's TinyViT alone.
@@ -36,11 +39,14 @@ from .checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
 from .common import Outputs, padded_size, slices_for_vit, unfold_depth
 from .image_encoder import SAMImageEncoder, build_sam_neck
 from .light_encoder import TinyViTEncoder, load_light_checkpoint, mobile_sam_key_map
+from .litemedsam import scale_to_unit_range
 from .modality_controller import ControlledSAMBlock, ModalityController
 from .modality_decoder import QueryDecoupledModalityDecoder
 from .patch_prompt import SelfPatchPromptGenerator
 from .registry import TinyViTConfig, get_encoder_config, get_light_encoder_config
 
+#: how the network's input is scaled before the encoder (see ``input_scaling``)
+INPUT_SCALINGS = ("none", "unit_range")
 #: key prefix of the modality controller's tensors in checkpoint files (``sam_nnunet distill`` writes them)
 CONTROLLER_PREFIX = "modality_controller."
 
@@ -62,6 +68,7 @@ class ESPMedSAM(nn.Module):
         num_tokens: int = 8,
         hidden_ratio: float = 0.25,
         patch_layers: int = 1,
+        input_scaling: str = "none",
         deep_supervision: bool = True,
     ) -> None:
         """
@@ -77,9 +84,14 @@ class ESPMedSAM(nn.Module):
                 dataset trains; a checkpoint's bags of other modalities are then reported unused).
             num_tokens / hidden_ratio: each bag's t tokens and bottleneck r = hidden_ratio * C.
             patch_layers: SPPG's L.
+            input_scaling: ``"none"`` (nnU-Net's normalised input as it is) or ``"unit_range"`` (each sample and
+                channel rescaled to [0, 1], what LiteMedSAM's encoder saw: :func:`~.litemedsam.scale_to_unit_range`).
             deep_supervision: also return the patch logits (when SPPG is on).
         """
         super().__init__()
+        if input_scaling not in INPUT_SCALINGS:
+            raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}, got {input_scaling!r}")
+        self.input_scaling = input_scaling
         cfg = get_light_encoder_config(light_encoder) if light_encoder else get_encoder_config(encoder)
         self.num_input_channels = num_input_channels
         self.num_classes = num_classes
@@ -122,6 +134,8 @@ class ESPMedSAM(nn.Module):
         """E: B x C_in x H x W (multiples of 16) -> B x C x H/16 x W/16, with the active modality's bags, or with
         none (``with_bags=False``: the plain encoder, f_ViT-SAM / f_LIE of Eq. 1)."""
         bags = self.controller.active_bags() if self.controller is not None and with_bags else None
+        if self.input_scaling == "unit_range":
+            x = scale_to_unit_range(x)
         if self.light:
             return self.neck(self.encoder(x, bags))
         tokens = self.encoder.embed(x)

@@ -5,6 +5,9 @@ Built from timm's TinyViT parts (``PatchEmbed``, ``ConvLayer`` of MBConv blocks,
 
 * the patch merging sits at the *end* of a stage (``layers.i.downsample``), and the last one (to stage 4)
   has stride 1, so the output stays at 1/16 of the input, SAM's embedding grid;
+* ``stem_stride=1`` (LiteMedSAM's encoder, ``tiny_vit_litemedsam``): the patch embedding is two 1x1 convolutions
+  of stride 1 instead of two 3x3 of stride 2, so the MBConv stage runs at full resolution and the output is at
+  1/4 of the input (LiteMedSAM: 64 x 64 for 256 x 256);
 * there is no classifier; SAM's neck (kept by the network, ``image_encoder.neck`` in the files) brings the
   last stage's channels to the 256-wide image embedding.
 
@@ -26,7 +29,7 @@ from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models.tiny_vit import ConvLayer, PatchEmbed, PatchMerging, TinyVitBlock
+from timm.models.tiny_vit import ConvLayer, ConvNorm, PatchEmbed, PatchMerging, TinyVitBlock
 from torch import nn
 
 from .modality_controller import ModalityBag, attend_with_tokens
@@ -89,7 +92,14 @@ class TinyViTEncoder(nn.Module):
         dims, act = cfg.embed_dims, nn.GELU
         self.patch_size = cfg.patch_size
         self.embed_dims = tuple(dims)
+        if cfg.patch_size != 4 * cfg.stem_stride or cfg.stem_stride not in (1, 4):
+            raise ValueError(f"TinyViT stem stride {cfg.stem_stride} (1 or 4) gives patch size {4 * cfg.stem_stride}, "
+                             f"not {cfg.patch_size}")
         self.patch_embed = PatchEmbed(in_chs=in_chans, out_chs=dims[0], act_layer=act)  # 1/4
+        if cfg.stem_stride == 1:  # LiteMedSAM: two 1x1 convolutions, the first stage at full resolution
+            self.patch_embed.stride = 1
+            self.patch_embed.conv1 = ConvNorm(in_chans, dims[0] // 2, 1, 1, 0)
+            self.patch_embed.conv2 = ConvNorm(dims[0] // 2, dims[0], 1, 1, 0)
         stem = ConvLayer(dim=dims[0], depth=cfg.depths[0], act_layer=act, conv_expand_ratio=cfg.mbconv_expand_ratio)
         stem.downsample = PatchMerging(dim=dims[0], out_dim=dims[1], act_layer=act)  # 1/8
         self.layers = nn.ModuleList([stem])
@@ -113,9 +123,10 @@ class TinyViTEncoder(nn.Module):
         return [block.dim for layer in self.layers[1:] for block in layer.blocks]
 
     def forward(self, x: torch.Tensor, bags: Optional[Sequence[ModalityBag]] = None) -> torch.Tensor:
-        """x: B x in_chans x H x W (H, W multiples of 16); bags: one per attention block, or None.
+        """x: B x in_chans x H x W (H, W multiples of p = ``patch_size``: 16, or 4 with a stride-1 stem); bags: one
+        per attention block, or None.
 
-        Returns B x out_dim x H/16 x W/16.
+        Returns B x out_dim x H/p x W/p.
         """
         x = self.patch_embed(x)
         x = self.layers[0].downsample(self.layers[0].blocks(x))
@@ -184,6 +195,15 @@ def load_light_checkpoint(model: nn.Module, path) -> "LoadReport":
             f"{path} holds a SAM ViT image encoder (image_encoder.blocks.*), but this network's image encoder is "
             f"the TinyViT student. Give MobileSAM's mobile_sam.pt or a file written by `sam_nnunet distill`; a SAM "
             f"ViT checkpoint is the teacher's (ESPMedSAMTeacherTrainer, or `sam_nnunet distill`'s teacher).")
+    stem = sd.get("image_encoder.patch_embed.seq.0.c.weight")
+    own = model.encoder.patch_embed.conv1.conv.weight
+    if stem is not None and stem.shape[-2:] != own.shape[-2:]:
+        fits = "tiny_vit_litemedsam" if stem.shape[-1] == 1 else "tiny_vit_5m"
+        raise CheckpointError(
+            f"{path} holds a TinyViT whose patch embedding has {stem.shape[-1]}x{stem.shape[-1]} kernels, but this "
+            f"network's light encoder has {own.shape[-1]}x{own.shape[-1]} ones. It fits light encoder {fits!r} "
+            f"(LiteMedSAM's lite_medsam.pth: 'tiny_vit_litemedsam', e.g. plans preset cpu_medsam; MobileSAM's "
+            f"mobile_sam.pt: 'tiny_vit_5m').")
     supplied = {mobile_sam_key_map(k[len("image_encoder."):]) for k in sd if is_tinyvit_trunk_key(k)}
     needed = list(model.encoder.state_dict())
     absent = [k for k in needed if k not in supplied]
@@ -191,6 +211,7 @@ def load_light_checkpoint(model: nn.Module, path) -> "LoadReport":
         raise CheckpointError(
             f"{path} does not hold this network's whole TinyViT image encoder (embed dims "
             f"{list(model.encoder.embed_dims)}): {len(absent)} of its {len(needed)} tensors are missing, e.g. "
-            f"{absent[:4]}. MobileSAM's mobile_sam.pt fits encoder 'tiny_vit_5m'; a file from `sam_nnunet distill` "
+            f"{absent[:4]}. MobileSAM's mobile_sam.pt fits encoder 'tiny_vit_5m', LiteMedSAM's lite_medsam.pth "
+            f"'tiny_vit_litemedsam'; a file from `sam_nnunet distill` "
             f"fits the encoder it was distilled into.")
     return load_mapped_state(model, sd, model.sam_key_map, path)

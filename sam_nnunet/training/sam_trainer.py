@@ -12,7 +12,10 @@ arguments; everything else lives here once:
   full model); otherwise defaults come from the trainer and a ``"sam_nnunet"`` block in a plans
   configuration (written by ``sam_nnunet plans``) overrides them, e.g. ``{"encoder": "vit_tiny"}``.
 * Pretrained weights. ``SAM_NNUNET_CHECKPOINT=/path/sam_vit_b_01ec64.pth`` (or MedSAM; a network with its own
-  file layout loads it through its ``load_pretrained``, e.g. ESP-MedSAM's TinyViT) is loaded and the
+  file layout loads it through its ``load_pretrained``, e.g. ESP-MedSAM's TinyViT), or the name of a file a package
+  ships (``litemedsam``, :mod:`sam_nnunet.modeling.pretrained_files`; also a preset's ``"checkpoint"`` training
+  setting, which the environment overrides; verified by SHA-256, and recorded with the model as
+  ``sam_nnunet_pretrained`` in its plans.json and in the log) is loaded and the
   network's ``freeze_pretrained`` freezes what its paper freezes (HSP-SAM: the encoder except LoRA;
   Self-Prompt-SAM: every SAM weight), limited to the tensors the file supplied. This happens in
   ``configure_optimizers``, which nnU-Net runs after building the network and *before* wrapping it in
@@ -76,6 +79,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, file_fingerprint, load_sam_checkpoint
+from sam_nnunet.modeling.pretrained_files import PRETRAINED_FILES, named_file, resolve_checkpoint
 from sam_nnunet.plans import TRAINING_KEY
 from sam_nnunet.training.lr_schedules import ExponentialLRScheduler
 from sam_nnunet.training.safeguards import NonFiniteGuard, SaveSchedule
@@ -90,11 +94,15 @@ PLANS_OVERRIDE_KEY = "sam_nnunet"
 #: key of a configuration's "architecture" entry naming the trainer that recorded its arguments
 RECORDED_BY_KEY = "sam_nnunet_trainer"
 RUN_INFO_FILE = "sam_nnunet_run.json"
+#: configuration entry of the plans saved with a model: the named pretrained file it was trained from
+PRETRAINED_KEY = "sam_nnunet_pretrained"
 #: what a plans ``sam_nnunet_training`` block may set, and what each must be
 TRAINING_SETTINGS = {
     "learning_rate": lambda v: isinstance(v, (int, float)) and v > 0,
     "weight_decay": lambda v: isinstance(v, (int, float)) and v >= 0,
     "supervised_outputs": lambda v: v in ("all", "final"),
+    # a named pretrained file (pretrained_files.PRETRAINED_FILES), not a path: plans travel with models
+    "checkpoint": lambda v: v in PRETRAINED_FILES,
 }
 
 
@@ -157,13 +165,15 @@ class SAMTrainerBase(nnUNetTrainer):
             self.print_to_log_file(f"{SEED_ENV}={seed}")
         self.initial_lr = self.base_learning_rate
         self.weight_decay = self.base_weight_decay
+        self.plans_checkpoint: Optional[str] = None
         self._apply_plans_training()
         self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = _positive_int_env(VAL_ITERATIONS_ENV) or self.num_val_iterations_per_epoch
         self.save_every = _positive_int_env(SAVE_EVERY_ENV) or self.save_every
         self.save_minutes = _positive_float_env(SAVE_MINUTES_ENV) or 15.0
         self.max_nonfinite_steps = _positive_int_env(MAX_NONFINITE_ENV) or 5
-        self.sam_checkpoint = os.environ.get(CHECKPOINT_ENV) or None
+        # the environment overrides the plans; a name (``litemedsam``) becomes its verified file
+        self.sam_checkpoint = resolve_checkpoint(os.environ.get(CHECKPOINT_ENV) or self.plans_checkpoint)
         self._fingerprint: Optional[dict] = None
         self._resumed = False
         self._nonfinite: Optional[NonFiniteGuard] = None
@@ -196,6 +206,7 @@ class SAMTrainerBase(nnUNetTrainer):
         self.initial_lr = float(settings.get("learning_rate", self.initial_lr))
         self.weight_decay = float(settings.get("weight_decay", self.weight_decay))
         self.supervised_outputs = settings.get("supervised_outputs", self.supervised_outputs)
+        self.plans_checkpoint = settings.get("checkpoint", self.plans_checkpoint)
         self.print_to_log_file(f"Training settings from the plans ({TRAINING_KEY}[{owner!r}]): {settings}")
 
     # ------------------------------------------------------------------ architecture from plans
@@ -208,8 +219,14 @@ class SAMTrainerBase(nnUNetTrainer):
         kwargs = self.complete_network_kwargs(self.network_kwargs(self.configuration_manager))
         arch = {"network_class_name": self.network_class, "arch_kwargs": kwargs, "_kw_requires_import": [],
                 RECORDED_BY_KEY: type(self).__name__}
-        self.plans_manager.plans["configurations"][self.configuration_name]["architecture"] = arch
-        self.configuration_manager.configuration["architecture"] = arch
+        for conf in (self.plans_manager.plans["configurations"][self.configuration_name],
+                     self.configuration_manager.configuration):
+            conf["architecture"] = arch
+            conf.pop(PRETRAINED_KEY, None)
+            known = named_file(self.sam_checkpoint)
+            if known is not None:  # where nnU-Net users look: the plans.json saved with the model
+                conf[PRETRAINED_KEY] = {"name": known.name, "file": known.filename, "bytes": known.size,
+                                        "sha256": known.sha256, "licence": known.licence, "source": known.source}
 
     def complete_network_kwargs(self, kwargs: dict) -> dict:
         """Arguments that need the dataset (not only the plans), added before they are recorded: the number of
@@ -289,6 +306,10 @@ class SAMTrainerBase(nnUNetTrainer):
         """
         net = self._network()
         if self.sam_checkpoint:
+            known = named_file(self.sam_checkpoint)
+            if known is not None:
+                self.print_to_log_file(f"Pretrained weights {known.name!r}: {known.filename} ({known.size:,} bytes, "
+                                       f"SHA-256 {known.sha256}, verified; {known.licence}; {known.source}).")
             load = getattr(net, "load_pretrained", None)  # networks whose files are not SAM ViTs load their own
             report = load(self.sam_checkpoint) if load is not None else load_sam_checkpoint(net, self.sam_checkpoint)
             self.print_to_log_file(report.format())
@@ -437,8 +458,9 @@ class SAMTrainerBase(nnUNetTrainer):
         """What a resumed run must agree on: the SAM checkpoint, identified by content (not by its path)."""
         if self._fingerprint is None:
             self._fingerprint = file_fingerprint(self.sam_checkpoint) if self.sam_checkpoint else {}
+        known = named_file(self.sam_checkpoint)
         return {"sam_checkpoint": self.sam_checkpoint, "sam_checkpoint_fingerprint": self._fingerprint or None,
-                "trainer": self.__class__.__name__}
+                "sam_checkpoint_name": known.name if known is not None else None, "trainer": self.__class__.__name__}
 
     def load_checkpoint(self, filename_or_checkpoint):
         info_file = join(self.output_folder, RUN_INFO_FILE)
