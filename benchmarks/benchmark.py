@@ -195,9 +195,22 @@ def row_file(out: Path, spec: str) -> Path:
 
 def row_settings(args) -> dict:
     """What a kept row must have been measured with to stand in the same table."""
-    return {k: getattr(args, k) for k in ("dataset", "patients", "cases", "budget_min", "iterations_per_epoch",
-                                           "val_cases", "steps", "warmup", "seed", "device", "processes",
-                                           "checkpoint")}
+    settings = {k: getattr(args, k) for k in ("dataset", "patients", "cases", "budget_min", "iterations_per_epoch",
+                                               "val_cases", "steps", "warmup", "seed", "device", "processes",
+                                               "checkpoint")}
+    if args.train_patients:  # only when set, so that rows kept before the low-data mode existed still match
+        settings["train_patients"] = args.train_patients
+    return settings
+
+
+def low_data_split(train: List[str], n_patients: int) -> List[str]:
+    """The training cases of the first ``n_patients`` patients of fold 0's training set (ACDC's
+    ``patientXXX_frameYY``: every frame of a kept patient); the validation set stays the same."""
+    patients = sorted({c.split("_frame")[0] for c in train})
+    if n_patients > len(patients):
+        raise SystemExit(f"--train-patients {n_patients}: fold 0 has only {len(patients)} training patients")
+    kept = set(patients[:n_patients])
+    return [c for c in train if c.split("_frame")[0] in kept]
 
 
 def measure_or_reuse(spec: str, args, paths, out: Path) -> dict:
@@ -278,13 +291,21 @@ def benchmark_trainer(name: str, args, paths) -> dict:
         trainer.log_file = str(folder / Path(trainer.log_file).name)
         trainer.output_folder_base, trainer.output_folder = str(base), str(folder)
     trainer.num_iterations_per_epoch = args.iterations_per_epoch
+    low_data = {}
+    if args.train_patients:  # low-data mode: fewer training patients, the same validation volumes
+        train_cases, val_split = trainer.do_split()
+        train_cases = low_data_split(train_cases, args.train_patients)
+        trainer.do_split = lambda: (train_cases, val_split)
+        low_data = {"train_cases": list(train_cases)}
+        print(f"[{name}] low-data mode: {len(train_cases)} training volumes of {args.train_patients} patients",
+              flush=True)
     trainer.on_train_start()  # initialises network, optimiser, loss and data loaders (and loads the checkpoint)
     net = trainer.network
     row = {"trainer": name, "plans": plans, "configuration": configuration, "network": type(net).__name__,
            "machine_probe_s": probe,
            "params_total": sum(p.numel() for p in net.parameters()),
            "params_trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
-           "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size)}
+           "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size), **low_data}
     row["gflops_per_patch"] = patch_gflops(trainer, device)
     print(f"[{name}] {row['network']}: {row['params_total']:,} parameters, {row['params_trainable']:,} trainable, "
           f"{row['gflops_per_patch']:.2f} GFLOPs per patch", flush=True)
@@ -438,7 +459,9 @@ def markdown(rows: List[dict], meta: dict) -> str:
     lines = [f"Machine: {' / '.join(machines)}; device {meta['device']}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; "
              f"seed {meta['seed']}; "
              f"budget {meta['budget_min']} min per trainer; {plans_text}; {meta['dataset']}, {meta['split']}: "
-             f"{len(base['val_cases'])} validation volumes.", "",
+             f"{len(base['val_cases'])} validation volumes"
+             + (f"; low-data mode: {meta['train_patients']} training patients" if meta.get("train_patients") else "")
+             + ".", "",
              "| trainer | " + " | ".join(label for _, label in METRICS) + " | steps in budget | "
              + " | ".join(f"Dice {labels[k]}" for k in labels) + " | mean Dice | "
              + " | ".join(f"HD95 {labels[k]}" for k in labels) + " |",
@@ -523,6 +546,9 @@ def main(argv=None) -> int:
                    help=f"Dice at a realistic budget: {ACCURACY['budget_min']} min per trainer, all "
                         f"{ACCURACY['patients']} shipped ACDC patients, every validation volume of fold 0, and "
                         f"nnU-Net on its default plans and on the SAM preset's plans next to the SAM trainers")
+    p.add_argument("--train-patients", type=int, default=None,
+                   help="acdc, low-data mode: train on the first N patients of fold 0's training set (both frames); "
+                        "validation stays fold 0's")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations-per-epoch", type=int, default=50)
@@ -551,7 +577,8 @@ def main(argv=None) -> int:
             "budget_min": args.budget_min, "steps": args.steps, "warmup": args.warmup,
             "machine": machine(args.device), "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
             "dataset": DATASETS[args.dataset]["name"], "split": DATASETS[args.dataset]["split"],
-            "labels": DATASETS[args.dataset]["labels"], "checkpoint": args.checkpoint}
+            "labels": DATASETS[args.dataset]["labels"], "checkpoint": args.checkpoint,
+            "train_patients": args.train_patients}
     (out / "results.json").write_text(json.dumps({"meta": meta, "trainers": rows}, indent=2))
     (out / "results.md").write_text(markdown(rows, meta) + "\n")
     plot(rows, out / "results.png", meta["labels"])

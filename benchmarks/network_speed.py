@@ -6,6 +6,10 @@ runs on a lent GPU machine:
     python benchmarks/network_speed.py --network SelfPromptSAM --encoder vit_tiny --patch 128 128 --batch 8
     python benchmarks/network_speed.py --network SelfPromptSAM --encoder vit_b --patch 20 256 224 --batch 2 \\
         --device cuda --bf16
+    python benchmarks/network_speed.py --network ESPMedSAM --light-encoder tiny_vit_litemedsam \\
+        --input-scaling unit_range --checkpoint litemedsam --patch 128 128 --batch 8
+With ``--checkpoint`` (a path, or a name such as ``litemedsam``) the file is loaded and the network's
+``freeze_pretrained`` freezes what its paper freezes, so the step is the one a trainer with that prior takes.
 
 Prints one JSON line: median seconds of a training step (random input and targets, sum of the
 outputs' mean as loss) and of an inference forward at batch 1 (a sliding-window tile); the FLOPs of
@@ -29,7 +33,8 @@ PEAK_TFLOPS = {"H100 80GB HBM3": (989.4, 66.9), "H100 PCIe": (756.0, 51.2),
                "H200": (989.4, 66.9), "A100": (312.0, 19.5)}
 
 NETWORKS = {"HSPSAM": "sam_nnunet.modeling.hsp_sam.HSPSAM",
-            "SelfPromptSAM": "sam_nnunet.modeling.self_prompt_sam.SelfPromptSAM"}
+            "SelfPromptSAM": "sam_nnunet.modeling.self_prompt_sam.SelfPromptSAM",
+            "ESPMedSAM": "sam_nnunet.modeling.esp_medsam.ESPMedSAM"}
 
 
 def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
@@ -81,6 +86,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="time torch.compile(network) (FLOPs are counted eagerly)")
+    p.add_argument("--light-encoder", help="ESPMedSAM: the TinyViT (e.g. tiny_vit_litemedsam); 'none': the SAM ViT")
+    p.add_argument("--input-scaling", help="ESPMedSAM: none or unit_range")
+    p.add_argument("--no-controller", action="store_true", help="ESPMedSAM: without modality bags")
+    p.add_argument("--encoder-scale", type=float, help="ESPMedSAM: the TinyViT's input resized by this factor")
+    p.add_argument("--checkpoint", help="load this file (or name, e.g. litemedsam) and freeze what the network freezes")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for the dtype used (default: PEAK_TFLOPS)")
     args = p.parse_args(argv)
 
@@ -93,8 +103,28 @@ def main(argv=None) -> int:
         if args.network != "SelfPromptSAM":
             raise SystemExit("3D patches: HSPSAM runs 3d_fullres slice by slice; give it H W")
         kwargs["patch_depth"] = args.patch[0]
-    net = locate(NETWORKS[args.network])(**kwargs).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    if args.network == "ESPMedSAM":
+        kwargs["modality"] = "mri"
+        if args.light_encoder:
+            kwargs["light_encoder"] = None if args.light_encoder == "none" else args.light_encoder
+        if args.input_scaling:
+            kwargs["input_scaling"] = args.input_scaling
+        kwargs["controller"] = not args.no_controller
+        if args.encoder_scale:
+            kwargs["encoder_scale"] = args.encoder_scale
+    elif args.light_encoder or args.input_scaling or args.no_controller or args.encoder_scale:
+        raise SystemExit("--light-encoder, --input-scaling, --no-controller and --encoder-scale are ESPMedSAM's")
+    net = locate(NETWORKS[args.network])(**kwargs)
+    frozen = 0
+    if args.checkpoint:
+        from sam_nnunet.modeling.checkpoint import load_sam_checkpoint
+        from sam_nnunet.modeling.pretrained_files import resolve_checkpoint
+
+        path = resolve_checkpoint(args.checkpoint)
+        load = getattr(net, "load_pretrained", None)
+        frozen, _ = net.freeze_pretrained(load(path) if load is not None else load_sam_checkpoint(net, path))
+    net = net.to(device)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     run = torch.compile(net) if args.compile else net
     x = torch.randn(args.batch, 1, *args.patch, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
@@ -120,8 +150,14 @@ def main(argv=None) -> int:
     net.eval()
     net.deep_supervision = False
     infer = timed(infer_tile, args.steps * 3, args.warmup, device)
-    infer_flops = count_flops(lambda: infer_tile(net))
-    result = {"network": args.network, "encoder": args.encoder, "patch": args.patch, "batch": args.batch,
+    def forward_tile():  # counted with autograd on: the module tracker of the FLOP counter fails under no_grad
+        with autocast:  # when a module gets a parameter as its input (ESPMedSAM's decoder queries)
+            net(x[:1])
+
+    infer_flops = count_flops(forward_tile)
+    result = {"network": args.network, "encoder": args.encoder, "light_encoder": kwargs.get("light_encoder"),
+              "encoder_scale": kwargs.get("encoder_scale", 1.0), "controller": kwargs.get("controller"),
+              "checkpoint": args.checkpoint, "frozen_params": frozen, "patch": args.patch, "batch": args.batch,
               "device": args.device, "bf16": args.bf16, "compile": args.compile,
               "first_train_step_s": round(first_step, 3), "train_step_s": round(step, 4),
               "infer_tile_s": round(infer, 4), "params": sum(p.numel() for p in net.parameters()),

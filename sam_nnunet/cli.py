@@ -121,9 +121,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                SAM_NNUNET_ITERATIONS_PER_EPOCH=str(args.iterations), SAM_NNUNET_SEED=str(args.seed),
                SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=str(max(1, args.iterations // 5)))
     d = str(args.dataset_id)
-    trainer = f"HSPSAMTrainer_{args.epochs}epochs" if args.epochs != 1 else "HSPSAMTrainer_1epoch"
+    trainer = f"{args.trainer}_{args.epochs}epochs" if args.epochs != 1 else f"{args.trainer}_1epoch"
     raw = out / "nnUNet_raw" / f"Dataset{args.dataset_id:03d}_ACDC"
-    plans_name = load_preset(args.preset)["plans_name"]  # a missing preset fails here, before any work
+    preset = load_preset(args.preset)  # a missing preset fails here, before any work
+    plans_name = preset["plans_name"]
+    _check_preset_fits(preset, args.preset, args.trainer)
     _run([sys.executable, "-m", "sam_nnunet.cli", "convert-acdc", "-i", args.input, "-d", d,
           "--patients", str(args.patients), "--holdout", str(args.holdout)], env)
     _run(["nnUNetv2_plan_and_preprocess", "-d", d, "-c", "2d", "-np", str(args.processes),
@@ -142,6 +144,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nHeld-out Dice ({len(summary['metric_per_case'])} volumes): {per_class}; "
           f"mean {summary['foreground_mean']['Dice']:.3f}")
     return 0
+
+
+def _check_preset_fits(preset: dict, name: str, trainer: str) -> None:
+    """Before any work: every network argument the preset sets is one the trainer's network takes (the LiteMedSAM
+    preset's TinyViT is ESP-MedSAM's)."""
+    import importlib
+    import inspect
+
+    cls = getattr(importlib.import_module(f"sam_nnunet.trainers.{trainer}"), trainer)
+    accepted = set(inspect.signature(cls._network_cls().__init__).parameters)
+    for configuration, settings in preset["configurations"].items():
+        unknown = sorted(set(settings.get("sam_nnunet", {})) - accepted)
+        if unknown:
+            named = sorted(settings.get("training", {}))
+            raise ValueError(f"preset {name!r} ({configuration}) sets {unknown}, which {trainer}'s network does not "
+                             f"take" + (f"; it is made for {', '.join(named)} (--trainer)" if named else ""))
 
 
 def trained_model_args(p: argparse.ArgumentParser) -> None:
@@ -228,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("-d", "--dataset-id", type=int, default=27)
     dm.add_argument("--patients", type=int, default=20)
     dm.add_argument("--holdout", type=int, default=4)
+    dm.add_argument("--trainer", default="HSPSAMTrainer",
+                    choices=["HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"],
+                    help="the method (default HSPSAMTrainer; with --preset cpu_medsam: ESPMedSAMTrainer, which starts "
+                         "from LiteMedSAM's prior)")
     dm.add_argument("--epochs", type=int, default=20, choices=[1, 5, 10, 20, 50, 100, 250])
     dm.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
     dm.add_argument("--processes", type=int, default=2)

@@ -28,6 +28,12 @@ def test_demo_names_the_presets_when_given_a_missing_one_before_doing_any_work(t
     assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
 
 
+def test_demo_refuses_a_preset_the_trainer_cannot_use_before_doing_any_work(tmp_path):
+    out = sam_nnunet("demo", "--out", str(tmp_path / "run"), "--preset", "cpu_medsam")  # HSPSAMTrainer by default
+    assert out.returncode == 2 and "light_encoder" in out.stderr and "ESPMedSAMTrainer (--trainer)" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
 def test_convert_errors_are_one_clear_line(tmp_path, nnunet_env):
     out = sam_nnunet("convert-acdc", "-i", str(tmp_path / "missing"))
     assert out.returncode == 2

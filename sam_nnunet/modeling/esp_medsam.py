@@ -11,7 +11,7 @@ Composition (each part its own module)::
 Student and teacher are the same class: ``light_encoder="tiny_vit_5m"`` (MobileSAM's TinyViT; ESP-MedSAM-S),
 ``"tiny_vit_litemedsam"`` (LiteMedSAM's TinyViT, a student distilled from MedSAM: ``SAM_NNUNET_CHECKPOINT=litemedsam``
 with ``input_scaling="unit_range"``, plans preset ``cpu_medsam``; its embedding is at 1/4, so the masks come out at
-the input's resolution) or
+the input's resolution; ``encoder_scale`` feeds it a downsized input, for CPU budgets) or
 ``light_encoder=None`` and the SAM ViT ``encoder`` (``"vit_b"``: the frozen SAM encoder whose controller bags are
 the teacher's PEFT tokens; ESP-MedSAM-T). Two names, so that a plans preset that picks the ViT size (``encoder``)
 leaves the student's TinyViT alone.
@@ -69,6 +69,7 @@ class ESPMedSAM(nn.Module):
         hidden_ratio: float = 0.25,
         patch_layers: int = 1,
         input_scaling: str = "none",
+        encoder_scale: float = 1.0,
         deep_supervision: bool = True,
     ) -> None:
         """
@@ -86,6 +87,10 @@ class ESPMedSAM(nn.Module):
             patch_layers: SPPG's L.
             input_scaling: ``"none"`` (nnU-Net's normalised input as it is) or ``"unit_range"`` (each sample and
                 channel rescaled to [0, 1], what LiteMedSAM's encoder saw: :func:`~.litemedsam.scale_to_unit_range`).
+            encoder_scale: s, the TinyViT sees the input resized by s (0.5: a quarter of the pixels, so about a
+                quarter of the encoder's cost); the masks are brought back to the input's size. LiteMedSAM's stride-1
+                stem makes its encoder ~90x a vit_tiny_p8's FLOPs per pixel; docs/benchmarks.md measures what s = 0.5
+                costs its prior (box-prompt Dice on ACDC).
             deep_supervision: also return the patch logits (when SPPG is on).
         """
         super().__init__()
@@ -97,7 +102,14 @@ class ESPMedSAM(nn.Module):
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
         self.light = isinstance(cfg, TinyViTConfig)
-        self.patch_size = cfg.patch_size * (2 ** patch_layers if patch_prompts else 1)
+        if not 0 < encoder_scale <= 1 or (encoder_scale != 1 and not self.light):
+            raise ValueError(f"encoder_scale must be in (0, 1], and 1 for a SAM ViT encoder; got {encoder_scale}")
+        self.encoder_scale = float(encoder_scale)
+        stride = cfg.patch_size * (2 ** patch_layers if patch_prompts else 1) / self.encoder_scale
+        if stride != int(stride):
+            raise ValueError(f"encoder_scale {encoder_scale} does not divide the encoder's {cfg.patch_size}-pixel patches "
+                             f"(x {2 ** patch_layers if patch_prompts else 1} for SPPG) into whole input pixels")
+        self.patch_size = int(stride)  # input pixels per SPPG patch (per embedding pixel without SPPG)
         dim = cfg.decoder_dim
         modalities = tuple(modalities) if modalities else (modality,)
         if self.light:
@@ -136,6 +148,9 @@ class ESPMedSAM(nn.Module):
         bags = self.controller.active_bags() if self.controller is not None and with_bags else None
         if self.input_scaling == "unit_range":
             x = scale_to_unit_range(x)
+        if self.encoder_scale != 1:  # at 0.5 exactly a 2 x 2 mean; sizes as ints, so that traces keep them
+            size = [int(round(float(n) * self.encoder_scale)) for n in x.shape[-2:]]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         if self.light:
             return self.neck(self.encoder(x, bags))
         tokens = self.encoder.embed(x)

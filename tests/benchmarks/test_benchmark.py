@@ -337,3 +337,28 @@ def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, pre
         trainer.on_train_end()
     finally:
         written.unlink()  # the plans folder is shared by the session's tests
+
+
+def test_low_data_mode_trains_on_the_first_patients_and_validates_on_the_same_volumes(acdc_preprocessed, tmp_path):
+    run_quick(acdc_preprocessed, tmp_path / "full", "--trainers", "nnUNetTrainer")
+    run_quick(acdc_preprocessed, tmp_path / "low", "--trainers", "nnUNetTrainer", "--train-patients", "2")
+    full = json.loads((tmp_path / "full" / "results.json").read_text())["trainers"][0]
+    low = json.loads((tmp_path / "low" / "results.json").read_text())
+    row = low["trainers"][0]
+    assert low["meta"]["train_patients"] == 2 and row["settings"]["train_patients"] == 2
+    assert "train_patients" not in full["settings"]  # rows kept before the mode existed still match
+    patients = sorted({c.split("_frame")[0] for c in row["train_cases"]})
+    assert len(patients) == 2 and len(row["train_cases"]) == 4  # both frames of each
+    assert row["val_cases"] == full["val_cases"] and not set(row["train_cases"]) & set(row["val_cases"])
+    assert "low-data mode: 2 training patients" in (tmp_path / "low" / "results.md").read_text()
+
+
+def test_network_speed_with_litemedsams_prior_freezes_its_tinyvit():
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "network_speed.py"), "--network", "ESPMedSAM",
+                           "--light-encoder", "tiny_vit_litemedsam", "--input-scaling", "unit_range", "--checkpoint",
+                           "litemedsam", "--patch", "32", "32", "--batch", "1", "--steps", "1", "--warmup", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["light_encoder"] == "tiny_vit_litemedsam" and r["checkpoint"] == "litemedsam"
+    assert r["frozen_params"] == 5_053_908 and r["train_step_s"] > 0 and r["infer_tile_gflop"] > 0
