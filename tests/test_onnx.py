@@ -246,3 +246,18 @@ def test_unexportable_operator_is_named():
 
     with pytest.raises(OnnxExportError, match="aten::cummax"):
         export_network(RunningMax(), torch.randn(1, 3, 8), Path(os.devnull))
+
+
+def test_onnx_logits_match_torch_for_esp_medsam_trained_on_litemedsams_prior(esp_litemedsam_model, litemedsam_plans,
+                                                                             acdc_env, tmp_path):
+    """The prior's parts that only the LiteMedSAM preset uses (unit-range input scaling, the half-size encoder input,
+    the stride-1 TinyViT stem) export: the trained fold's network on ONNX Runtime gives torch's logits."""
+    folder, _ = esp_litemedsam_model
+    trainer = get_trainer_from_args("27", "2d", 0, "ESPMedSAMTrainer", litemedsam_plans, device=CPU)
+    trainer.initialize()
+    weights = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    trainer.network.load_state_dict(weights["network_weights"])
+    net = trainer.network
+    assert net.input_scaling == "unit_range" and net.encoder_scale == 0.5 and net.encoder.patch_embed.stride == 1
+    trainer.set_deep_supervision_enabled(False)
+    assert_backends_agree(net, real_tiles(trainer), tmp_path / "model.onnx")

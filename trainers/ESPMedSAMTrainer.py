@@ -9,6 +9,8 @@ SPPG's BCE on the patch map (Eq. 5, weight 1) (:mod:`sam_nnunet.training.losses`
   ``SAM_NNUNET_CHECKPOINT``: a file written by ``sam_nnunet distill`` (MMDKD from a teacher) or MobileSAM's
   ``mobile_sam.pt``; the TinyViT it supplies is frozen (batch norms keep their statistics), the modality bags,
   neck, SPPG and QDMD train. Without a file the student trains from scratch, and the log says so.
+  ``SAM_NNUNET_CHECKPOINT=litemedsam`` (or the plans preset ``cpu_medsam``, which names it) is LiteMedSAM, a TinyViT
+  distilled from MedSAM: the paper's setting with a medical teacher (``light_encoder: tiny_vit_litemedsam``).
 * ``ESPMedSAMTeacherTrainer``: ESP-MedSAM-T: SAM's ViT-B (``SAM_NNUNET_CHECKPOINT=sam_vit_b_01ec64.pth``,
   frozen) whose modality bags are the PEFT tokens and MLPs, with SPPG and QDMD. A trained teacher fold is a
   teacher for ``sam_nnunet distill``.
@@ -72,7 +74,8 @@ class ESPMedSAMTrainer(SAMTrainerBase):
         if self._network().light:
             return (f"No checkpoint ({CHECKPOINT_ENV} is not set): the TinyViT student is randomly initialised and "
                     f"trained from scratch with its modality bags (no distillation). Distil one with `sam_nnunet "
-                    f"distill` (or give MobileSAM's mobile_sam.pt) and set {CHECKPOINT_ENV} to it.")
+                    f"distill` (or give MobileSAM's mobile_sam.pt) and set {CHECKPOINT_ENV} to it, or start from "
+                    f"LiteMedSAM's medical prior: plans preset cpu_medsam ({CHECKPOINT_ENV}=litemedsam).")
         return super().no_checkpoint_message()
 
     def _build_loss(self):

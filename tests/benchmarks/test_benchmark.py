@@ -362,3 +362,15 @@ def test_network_speed_with_litemedsams_prior_freezes_its_tinyvit():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["light_encoder"] == "tiny_vit_litemedsam" and r["checkpoint"] == "litemedsam"
     assert r["frozen_params"] == 5_053_908 and r["train_step_s"] > 0 and r["infer_tile_gflop"] > 0
+
+
+def test_prior_box_dice_reports_each_scaling_and_size(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "prior_box_dice.py"), "--patients", "2",
+                           "--sizes", "128", "64", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "box_dice.json").read_text())["rows"]
+    assert [(r["size"], r["scaling"]) for r in rows] == [(128, "percentile"), (128, "zscore"),
+                                                          (128, "zscore_unit_range"), (64, "zscore_unit_range")]
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("RV", "MLV", "LVC")) and rows[0]["slices"] == 2
+    assert rows[0]["LVC"] > 0.5  # the prior segments the LV cavity from a box at half its training size
+    assert (tmp_path / "box_dice.md").read_text().count("\n") == 2 + len(rows)
