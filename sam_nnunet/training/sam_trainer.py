@@ -219,11 +219,11 @@ class SAMTrainerBase(nnUNetTrainer):
         kwargs = self.complete_network_kwargs(self.network_kwargs(self.configuration_manager))
         arch = {"network_class_name": self.network_class, "arch_kwargs": kwargs, "_kw_requires_import": [],
                 RECORDED_BY_KEY: type(self).__name__}
+        known = named_file(self.sam_checkpoint)
         for conf in (self.plans_manager.plans["configurations"][self.configuration_name],
                      self.configuration_manager.configuration):
             conf["architecture"] = arch
             conf.pop(PRETRAINED_KEY, None)
-            known = named_file(self.sam_checkpoint)
             if known is not None:  # where nnU-Net users look: the plans.json saved with the model
                 conf[PRETRAINED_KEY] = {"name": known.name, "file": known.filename, "bytes": known.size,
                                         "sha256": known.sha256, "licence": known.licence, "source": known.source}
