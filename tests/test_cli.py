@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def sam_nnunet(*args):
     return subprocess.run([sys.executable, "-m", "sam_nnunet.cli", *args], capture_output=True, text=True)
@@ -28,10 +30,25 @@ def test_demo_names_the_presets_when_given_a_missing_one_before_doing_any_work(t
     assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
 
 
-def test_demo_refuses_a_preset_the_trainer_cannot_use_before_doing_any_work(tmp_path):
-    out = sam_nnunet("demo", "--out", str(tmp_path / "run"), "--preset", "cpu_medsam")  # HSPSAMTrainer by default
-    assert out.returncode == 2 and "light_encoder" in out.stderr and "ESPMedSAMTrainer (--trainer)" in out.stderr
+@pytest.mark.parametrize("preset, trainer, says", [
+    ("cpu_selfprompt_medsam", "HSPSAMTrainer", "sets ['generator_channels'], which HSPSAMTrainer's network does not take"),
+    ("cpu_medsam", "HSPSAMTrainer", "starts ESPMedSAMTrainer from ['litemedsam']; HSPSAMTrainer would train without it")])
+def test_demo_refuses_a_preset_the_trainer_cannot_use_before_doing_any_work(tmp_path, preset, trainer, says):
+    """A preset whose network switches the trainer lacks, or whose prior is named for another trainer (the trainer
+    would take its TinyViT but start it from nothing), is refused naming the trainer it is made for."""
+    out = sam_nnunet("demo", "--out", str(tmp_path / "run"), "--preset", preset, "--trainer", trainer)
+    assert out.returncode == 2 and says in out.stderr and "(--trainer)" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+def test_demo_trains_the_trainer_a_prior_preset_is_made_for():
+    from sam_nnunet.cli import _preset_trainer
+    from sam_nnunet.plans import load_preset
+
+    assert [_preset_trainer(load_preset(p)) for p in ("cpu_medsam", "cpu_hsp_medsam", "cpu_pg_medsam",
+                                                      "cpu_selfprompt_medsam", "cpu_p8")] == \
+        ["ESPMedSAMTrainer", "HSPSAMTrainer", "PGSAMTrainer", "SelfPromptSAMTrainer", "HSPSAMTrainer"]
+    assert _preset_trainer(load_preset("cpu_tiny")) is None  # HSPSAMTrainer then, the demo's default
 
 
 def test_convert_errors_are_one_clear_line(tmp_path, nnunet_env):

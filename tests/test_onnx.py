@@ -248,12 +248,17 @@ def test_unexportable_operator_is_named():
         export_network(RunningMax(), torch.randn(1, 3, 8), Path(os.devnull))
 
 
-def test_onnx_logits_match_torch_for_esp_medsam_trained_on_litemedsams_prior(esp_litemedsam_model, litemedsam_plans,
-                                                                             acdc_env, tmp_path):
-    """The prior's parts that only the LiteMedSAM preset uses (unit-range input scaling, the half-size encoder input,
-    the stride-1 TinyViT stem) export: the trained fold's network on ONNX Runtime gives torch's logits."""
-    folder, _ = esp_litemedsam_model
-    trainer = get_trainer_from_args("27", "2d", 0, "ESPMedSAMTrainer", litemedsam_plans, device=CPU)
+@pytest.mark.integration  # the trained models are fixtures looked up by name (conftest cannot see them)
+@pytest.mark.parametrize("model, trainer_name", [("esp_litemedsam_model", "ESPMedSAMTrainer"),
+                                                 ("hsp_litemedsam_model", "HSPSAMTrainer"),
+                                                 ("pg_litemedsam_model", "PGSAMTrainer")])
+def test_onnx_logits_match_torch_for_networks_trained_on_litemedsams_prior(model, trainer_name, request, acdc_env,
+                                                                           tmp_path):
+    """The prior's parts that only the LiteMedSAM presets use (unit-range input scaling, the half-size encoder input,
+    the stride-1 TinyViT stem; HSP-SAM's Q-prompts in windowed attention, LoRA on TinyViT blocks) export: each trained
+    fold's network on ONNX Runtime gives torch's logits."""
+    folder, _ = request.getfixturevalue(model)
+    trainer = get_trainer_from_args("27", "2d", 0, trainer_name, folder.name.split("__")[1], device=CPU)
     trainer.initialize()
     weights = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     trainer.network.load_state_dict(weights["network_weights"])

@@ -22,6 +22,10 @@ on every level's output (weights 1, 1/2, 1/4 ..., nnU-Net's halving). Variants:
   2 (same networks and, now, the same final-output loss), kept so that their runs still predict.
 * ``HSPSAMTrainer_QInput``: Q-prompts joined to the encoder input instead of their global block
   (``q_prompts_at="input"``, the other reading of section 3.3).
+
+A pretrained medical prior: the plans preset ``cpu_hsp_medsam`` (``SAM_NNUNET_CHECKPOINT=litemedsam``) builds the
+network on LiteMedSAM's TinyViT (``light_encoder``), frozen with LoRA, as the paper uses a frozen SAM ViT; where
+HSP-SAM's ViT-specific parts go in a TinyViT is in the network's docstring.
 """
 from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants
 

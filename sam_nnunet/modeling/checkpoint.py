@@ -15,6 +15,9 @@ Files that are refused, each with a :class:`CheckpointError` that says what the 
   not the ViT these networks are built from;
 * LoRA factors without the base weights they were trained on (no ``image_encoder.*`` tensors);
 * a ViT of another size than the network's encoder;
+* a TinyViT file (MobileSAM's, LiteMedSAM's ``lite_medsam.pth``), except for a network that takes the prompt
+  encoder and mask decoder alone (``takes_sam_decoder_alone``: Self-Prompt-SAM), which gets those and keeps its
+  own ViT trainable (:func:`load_sam_decoder`);
 * a partial checkpoint that lacks part of the ViT trunk (see the rule below).
 
 Which missing tensors are fatal: the **trunk** of the ViT (patch embedding, ``pos_embed`` and every
@@ -204,6 +207,13 @@ def load_sam_checkpoint(model: nn.Module, path: str | os.PathLike,
     """
     sd = read_sam_state_dict(path)
     key_map = key_map or model.sam_key_map
+    if holds_tinyvit(sd):
+        if getattr(model, "takes_sam_decoder_alone", False):
+            return load_sam_decoder(model, sd, key_map, path)
+        raise CheckpointError(
+            f"{path} holds a TinyViT image encoder (MobileSAM / LiteMedSAM layout: image_encoder.layers.*), not the "
+            f"SAM ViT this network's encoder is. ESP-MedSAM takes it (plans preset cpu_medsam for LiteMedSAM's), and "
+            f"Self-Prompt-SAM takes its prompt encoder and mask decoder alone.")
     embed_dim, depth = checkpoint_encoder_size(sd)
     want_dim, want_depth = model.encoder.embed_dim, len(model.encoder.blocks)
     if (embed_dim is not None and embed_dim != want_dim) or depth > want_depth:
@@ -225,6 +235,32 @@ def load_sam_checkpoint(model: nn.Module, path: str | os.PathLike,
             f"usually unreadable instead; check the file against its source. {EXPECTED}")
 
     return load_mapped_state(model, sd, key_map, path, absent)
+
+
+def holds_tinyvit(sd: Dict[str, torch.Tensor]) -> bool:
+    """Whether a SAM-layout state dict's image encoder is a TinyViT (MobileSAM's, LiteMedSAM's) rather than a ViT."""
+    return any(k.startswith(("image_encoder.layers.", "image_encoder.patch_embed.seq.")) for k in sd)
+
+
+def load_sam_decoder(model: nn.Module, sd: Dict[str, torch.Tensor], key_map: Callable[[str], List[str]],
+                     path: str | os.PathLike) -> LoadReport:
+    """The file's SAM prompt encoder and mask decoder into a network whose ViT the file cannot fill (a TinyViT file):
+    its image encoder and neck are reported unused, and the network's encoder keeps its initialisation (trained).
+
+    The decoder must be SAM's width: a ``model.mask_decoder`` of another width is refused with the encoder preset that
+    has SAM's decoder. Raises :class:`CheckpointError` without touching ``model``.
+    """
+    if not any(k.startswith("mask_decoder.") for k in sd):
+        raise CheckpointError(f"{path} holds no SAM mask decoder (mask_decoder.*), so nothing of it fits this "
+                              f"network's ViT encoder or its decoder.")
+    width = sd["mask_decoder.mask_tokens.weight"].shape[-1] if "mask_decoder.mask_tokens.weight" in sd else None
+    own = model.mask_decoder.transformer.embedding_dim
+    if width != own:
+        raise CheckpointError(
+            f"{path} holds a {width}-wide SAM mask decoder, but this network's decoder is {own} wide (its encoder "
+            f"preset's decoder_dim). Use an encoder preset with SAM's decoder, e.g. 'vit_tiny_sam_decoder' "
+            f"(plans preset cpu_selfprompt_medsam), or a SAM ViT size.")
+    return load_mapped_state(model, sd, lambda k: [] if k.startswith("image_encoder.") else key_map(k), path)
 
 
 def load_mapped_state(model: nn.Module, sd: Dict[str, torch.Tensor], key_map: Callable[[str], List[str]],

@@ -38,15 +38,13 @@ from torch import nn
 from .checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
 from .common import Outputs, padded_size, slices_for_vit, unfold_depth
 from .image_encoder import SAMImageEncoder, build_sam_neck
-from .light_encoder import TinyViTEncoder, load_light_checkpoint, mobile_sam_key_map
-from .litemedsam import scale_to_unit_range
+from .light_encoder import TinyViTEncoder, image_encoder_key, load_light_checkpoint
+from .litemedsam import check_encoder_input, encoder_input, encoder_stride
 from .modality_controller import ControlledSAMBlock, ModalityController
 from .modality_decoder import QueryDecoupledModalityDecoder
 from .patch_prompt import SelfPatchPromptGenerator
 from .registry import TinyViTConfig, get_encoder_config, get_light_encoder_config
 
-#: how the network's input is scaled before the encoder (see ``input_scaling``)
-INPUT_SCALINGS = ("none", "unit_range")
 #: key prefix of the modality controller's tensors in checkpoint files (``sam_nnunet distill`` writes them)
 CONTROLLER_PREFIX = "modality_controller."
 
@@ -94,22 +92,16 @@ class ESPMedSAM(nn.Module):
             deep_supervision: also return the patch logits (when SPPG is on).
         """
         super().__init__()
-        if input_scaling not in INPUT_SCALINGS:
-            raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}, got {input_scaling!r}")
-        self.input_scaling = input_scaling
         cfg = get_light_encoder_config(light_encoder) if light_encoder else get_encoder_config(encoder)
         self.num_input_channels = num_input_channels
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
         self.light = isinstance(cfg, TinyViTConfig)
-        if not 0 < encoder_scale <= 1 or (encoder_scale != 1 and not self.light):
-            raise ValueError(f"encoder_scale must be in (0, 1], and 1 for a SAM ViT encoder; got {encoder_scale}")
+        check_encoder_input(input_scaling, encoder_scale, self.light)
+        self.input_scaling = input_scaling
         self.encoder_scale = float(encoder_scale)
-        stride = cfg.patch_size * (2 ** patch_layers if patch_prompts else 1) / self.encoder_scale
-        if stride != int(stride):
-            raise ValueError(f"encoder_scale {encoder_scale} does not divide the encoder's {cfg.patch_size}-pixel patches "
-                             f"(x {2 ** patch_layers if patch_prompts else 1} for SPPG) into whole input pixels")
-        self.patch_size = int(stride)  # input pixels per SPPG patch (per embedding pixel without SPPG)
+        # input pixels per SPPG patch (per embedding pixel without SPPG)
+        self.patch_size = encoder_stride(cfg.patch_size, self.encoder_scale) * (2 ** patch_layers if patch_prompts else 1)
         dim = cfg.decoder_dim
         modalities = tuple(modalities) if modalities else (modality,)
         if self.light:
@@ -146,11 +138,7 @@ class ESPMedSAM(nn.Module):
         """E: B x C_in x H x W (multiples of 16) -> B x C x H/16 x W/16, with the active modality's bags, or with
         none (``with_bags=False``: the plain encoder, f_ViT-SAM / f_LIE of Eq. 1)."""
         bags = self.controller.active_bags() if self.controller is not None and with_bags else None
-        if self.input_scaling == "unit_range":
-            x = scale_to_unit_range(x)
-        if self.encoder_scale != 1:  # at 0.5 exactly a 2 x 2 mean; sizes as ints, so that traces keep them
-            size = [int(round(float(n) * self.encoder_scale)) for n in x.shape[-2:]]
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = encoder_input(x, self.input_scaling, self.encoder_scale)
         if self.light:
             return self.neck(self.encoder(x, bags))
         tokens = self.encoder.embed(x)
@@ -206,10 +194,7 @@ class ESPMedSAM(nn.Module):
         if key.startswith("image_encoder.neck."):
             return ["neck." + key[len("image_encoder.neck."):]]
         if key.startswith("image_encoder."):
-            inner = key[len("image_encoder."):]
-            if self.light:
-                inner = mobile_sam_key_map(inner)
-            return ["encoder." + inner] if inner is not None else []
+            return image_encoder_key(key, self.light)
         if key.startswith(CONTROLLER_PREFIX) and self.controller is not None:
             return ["controller." + key[len(CONTROLLER_PREFIX):]]
         if key == "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix":

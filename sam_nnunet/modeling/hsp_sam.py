@@ -34,6 +34,28 @@ The default stays ``"blocks"``: it is the reading under which the per-layer Q_j 
 role, it needs no choice about windowed blocks, and it is the variant every recorded figure used; no
 run here was long enough to rank the two (``HSPSAMTrainer_QInput`` trains the other).
 
+A TinyViT encoder (``light_encoder``, e.g. ``"tiny_vit_litemedsam"``: LiteMedSAM's prior, plans preset
+``cpu_hsp_medsam``), with LoRA on the qkv projection of every attention block (frozen base, as the paper freezes
+SAM's ViT). HSP-SAM's levels assume a plain ViT: N global-attention blocks whose embeddings share one grid, so that
+Eq. 2 can add them. A TinyViT has no global block; its attention is windowed in four stages, and only the last two
+stages share a grid (1/4 of the input for LiteMedSAM's stride-1 stem, 1/16 for MobileSAM's). Choices, made where
+the ViT reading carries over:
+
+* the levels are the outputs of the last two stages (before the patch merging; 160 and 320 channels for
+  LiteMedSAM), shallowest first, so N = 2 as for the CPU ViTs; ``hierarchical`` off keeps the last stage only;
+* Q_j joins the attention of the *last block* of level j's stage (VPT-deep at the block whose output is
+  embedding_j, as ``"blocks"`` does for a global block): its tokens go through that block's own norm and qkv and
+  every window attends to them as extra keys and values; their outputs are dropped, as in the ViT, where A_j does
+  not depend on them either. ``q_prompts_at="input"`` has no TinyViT reading (windows have no place for carried
+  tokens) and is refused;
+* LoRA targets ``qkv`` (default) and ``proj`` exist in TinyViT blocks; the MBConv stage has no attention and no
+  LoRA, and its convolutions stay frozen with the rest of the file's tensors (batch norms keep their statistics);
+* ``input_scaling`` and ``encoder_scale`` adapt nnU-Net's input to the prior as ESP-MedSAM does
+  (:func:`~.litemedsam.encoder_input`); the masks come out at 4x the embedding grid and are resized to the input.
+
+The file's neck goes to the deepest level's neck, its two-way transformer and upscaling to every level's decoder
+and its positional encoding to ``pe_layer`` (:meth:`HSPSAM.sam_key_map`), as for SAM's ViT files.
+
 nnU-Net integration choices:
 
 * Outputs: one mask token per nnU-Net segmentation head (background + classes, or one per region).
@@ -57,12 +79,14 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_pretrained_encoder
+from .checkpoint import LoadReport, freeze_pretrained_encoder, load_sam_checkpoint
 from .common import Outputs, slices_for_vit, unfold_depth
 from .image_encoder import build_lora_encoder, build_sam_neck
+from .light_encoder import build_lora_tinyvit, image_encoder_key, load_light_checkpoint
+from .litemedsam import check_encoder_input, encoder_input, encoder_stride
 from .mask_decoder import HierarchicalMaskDecoderBlock
 from .qa_prompts import QAPromptPairs
-from .registry import get_encoder_config
+from .registry import get_encoder_config, get_light_encoder_config
 
 
 class HSPSAM(nn.Module):
@@ -80,6 +104,9 @@ class HSPSAM(nn.Module):
         q_prompts_at: str = "blocks",
         hierarchical: bool = True,
         skip_connections: bool = True,
+        light_encoder: Optional[str] = None,
+        input_scaling: str = "none",
+        encoder_scale: float = 1.0,
         deep_supervision: bool = True,
     ) -> None:
         """
@@ -93,30 +120,47 @@ class HSPSAM(nn.Module):
                 rank 0: no LoRA, and the encoder is trained in full even with a checkpoint (Ft-SAM).
             qa_prompts / hierarchical / skip_connections: the paper's ablation switches.
             q_prompts_at: "blocks" (Q_j at global block j) or "input" (all Q at the encoder input).
+            light_encoder: ``registry.LIGHT_ENCODERS`` name of a TinyViT used instead of the ViT ``encoder`` (see the
+                module docstring), or None.
+            input_scaling / encoder_scale: how the input is adapted to a pretrained TinyViT (as ESP-MedSAM's:
+                ``"unit_range"`` rescales each sample and channel to [0, 1]; the TinyViT sees the input resized by s).
             deep_supervision: return all levels' logits (list) instead of only level 1's.
         """
         super().__init__()
         if q_prompts_at not in ("blocks", "input"):
             raise ValueError(f"q_prompts_at must be 'blocks' or 'input', got {q_prompts_at!r}")
-        cfg = get_encoder_config(encoder)
-        self.encoder_name = encoder
+        self.light = light_encoder is not None
+        check_encoder_input(input_scaling, encoder_scale, self.light)
+        cfg = get_light_encoder_config(light_encoder) if self.light else get_encoder_config(encoder)
+        self.encoder_name = light_encoder or encoder
         self.num_input_channels = num_input_channels
-        self.patch_size = cfg.patch_size
         self.num_classes = num_classes
         self.hierarchical = hierarchical
         self.skip_connections = skip_connections
         self.deep_supervision = deep_supervision
         self.q_prompts_at = q_prompts_at
         self.lora_rank = lora_rank
-        self.encoder = build_lora_encoder(cfg, img_size=img_size, in_chans=num_input_channels, lora_rank=lora_rank,
-                                          lora_targets=lora_targets)
+        self.input_scaling = input_scaling
+        self.encoder_scale = float(encoder_scale)
+        if self.light:
+            if q_prompts_at != "blocks":
+                raise ValueError("q_prompts_at='input' needs a plain ViT (carried tokens have no place in TinyViT's "
+                                 "windows); a TinyViT takes 'blocks'")
+            self.encoder = build_lora_tinyvit(cfg, in_chans=num_input_channels, lora_rank=lora_rank,
+                                              lora_targets=lora_targets)
+            level_dims = list(cfg.embed_dims[-2:] if hierarchical else cfg.embed_dims[-1:])  # the last two stages
+        else:
+            self.encoder = build_lora_encoder(cfg, img_size=img_size, in_chans=num_input_channels, lora_rank=lora_rank,
+                                              lora_targets=lora_targets)
+            level_dims = [cfg.embed_dim] * (len(cfg.global_attn_indexes) if hierarchical else 1)
+        self.patch_size = encoder_stride(cfg.patch_size, self.encoder_scale)  # input pixels per embedding pixel
 
-        self.num_levels = len(cfg.global_attn_indexes) if hierarchical else 1
+        self.num_levels = len(level_dims)
         self.num_prompts = num_prompts if num_prompts is not None else max(num_classes - 1, 1)
-        self.necks = nn.ModuleList(build_sam_neck(cfg.embed_dim, cfg.decoder_dim) for _ in range(self.num_levels))
+        self.necks = nn.ModuleList(build_sam_neck(d, cfg.decoder_dim) for d in level_dims)
         self.prompts = nn.ModuleList(
-            QAPromptPairs(num_prompts=self.num_prompts, encoder_dim=cfg.embed_dim, decoder_dim=cfg.decoder_dim)
-            for _ in range(self.num_levels)
+            QAPromptPairs(num_prompts=self.num_prompts, encoder_dim=d, decoder_dim=cfg.decoder_dim)
+            for d in level_dims
         ) if qa_prompts else None
         self.decoders = nn.ModuleList(
             HierarchicalMaskDecoderBlock(transformer_dim=cfg.decoder_dim, num_mask_tokens=num_classes,
@@ -129,11 +173,25 @@ class HSPSAM(nn.Module):
         self.pe_layer = PositionEmbeddingRandom(cfg.decoder_dim // 2)
 
     def _encoder_prompts(self, q: List[torch.Tensor]) -> Optional[List[Optional[torch.Tensor]]]:
-        """Q-prompts per encoder global block; blocks without a decoder level get none."""
+        """Q-prompts per encoder global block (per attention stage of a TinyViT); those without a decoder level get
+        none."""
         if self.prompts is None:
             return None
-        n_global = len(self.encoder.global_attn_indexes)
-        return [None] * (n_global - self.num_levels) + q
+        slots = len(self.encoder.layers) - 1 if self.light else len(self.encoder.global_attn_indexes)
+        return [None] * (slots - self.num_levels) + q
+
+    def embed(self, x: torch.Tensor, q: Optional[List[torch.Tensor]]) -> List[torch.Tensor]:
+        """embedding_1 .. embedding_N (each B x h x w x d_I_j) of padded slices x, with the Q-prompts ``q`` (or None)."""
+        if self.light:
+            prompts = self._encoder_prompts(q) if q is not None else None
+            stages = self.encoder.forward_stages(encoder_input(x, self.input_scaling, self.encoder_scale),
+                                                 prompts=prompts)
+            return stages[-self.num_levels:]
+        if q is not None and self.q_prompts_at == "input":
+            embeddings = self.encoder(x, input_prompts=torch.cat(q, dim=0))
+        else:
+            embeddings = self.encoder(x, self._encoder_prompts(q) if q is not None else None)
+        return embeddings[-self.num_levels:]
 
     def decode(self, embeddings: List[torch.Tensor], answers: Optional[List[torch.Tensor]],
                all_masks: bool = True) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
@@ -172,11 +230,7 @@ class HSPSAM(nn.Module):
         q = a = None
         if self.prompts is not None:
             q, a = map(list, zip(*(p() for p in self.prompts)))
-        if q is not None and self.q_prompts_at == "input":
-            embeddings = self.encoder(x, input_prompts=torch.cat(q, dim=0))
-        else:
-            embeddings = self.encoder(x, self._encoder_prompts(q) if q is not None else None)
-        _, masks = self.decode(embeddings[-self.num_levels:], a, all_masks=self.deep_supervision)
+        _, masks = self.decode(self.embed(x, q), a, all_masks=self.deep_supervision)
 
         out = []
         for m in masks if self.deep_supervision else masks[:1]:
@@ -187,6 +241,11 @@ class HSPSAM(nn.Module):
     def deep_supervision_scales(self, ndim: int) -> List[List[float]]:
         """nnU-Net target scale per output: every level's logits are full resolution."""
         return [[1.0] * ndim for _ in range(self.num_levels)]
+
+    def load_pretrained(self, path) -> LoadReport:
+        """A SAM / MedSAM ViT file (:func:`~.checkpoint.load_sam_checkpoint`), or for a TinyViT encoder a file in
+        MobileSAM's layout (LiteMedSAM's, :func:`~.light_encoder.load_light_checkpoint`)."""
+        return load_light_checkpoint(self, path) if self.light else load_sam_checkpoint(self, path)
 
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
         """Freeze the encoder tensors the checkpoint supplied (the paper: encoder frozen, LoRA trained).
@@ -224,7 +283,7 @@ class HSPSAM(nn.Module):
         if key.startswith("image_encoder.neck."):
             return [f"necks.{self.num_levels - 1}.{key[len('image_encoder.neck.'):]}"]
         if key.startswith("image_encoder."):
-            return ["encoder." + key[len("image_encoder."):]]
+            return image_encoder_key(key, self.light)
         if key == "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix":
             return ["pe_layer.positional_encoding_gaussian_matrix"]
         for part in ("transformer.", "output_upscaling."):

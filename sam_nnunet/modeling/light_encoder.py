@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +38,41 @@ from .registry import TinyViTConfig
 if TYPE_CHECKING:
     from .checkpoint import LoadReport
 
+#: LoRA targets a TinyViT block has (its MLP is timm's ``fc1``/``fc2``, not SAM's ``lin1``/``lin2``)
+TINYVIT_LORA_TARGETS = ("qkv", "proj")
+
+
+class _Tokens(NamedTuple):
+    """Extra key and value tokens for every window's attention: t x (heads * d) and t x (heads * d_v)."""
+
+    k_tokens: torch.Tensor
+    v_tokens: torch.Tensor
+
 
 class ControlledTinyViTBlock(TinyVitBlock):
-    """timm's ``TinyVitBlock`` (same parameters) that also runs with a :class:`ModalityBag`."""
+    """timm's ``TinyVitBlock`` (same parameters) that also runs with a :class:`ModalityBag` (ESP-MedSAM) or with
+    prompt tokens joining its attention (HSP-SAM's Q-prompts)."""
 
-    def forward(self, x: torch.Tensor, bag: Optional[ModalityBag] = None) -> torch.Tensor:
-        """x: B x H x W x C -> B x H x W x C; without a bag exactly timm's block."""
-        if bag is None:
+    def prompt_tokens(self, prompts: torch.Tensor) -> _Tokens:
+        """Prompt tokens c x C -> their keys and values through this block's own norm and qkv projection, so that
+        they join the attention as tokens of the block's input would (their own outputs are not kept)."""
+        attn = self.attn
+        c = prompts.shape[0]
+        _, k, v = attn.qkv(attn.norm(prompts)).view(c, attn.num_heads, -1).split(
+            [attn.key_dim, attn.key_dim, attn.val_dim], dim=2)
+        return _Tokens(k.reshape(c, -1), v.reshape(c, -1))
+
+    def forward(self, x: torch.Tensor, bag: Optional[ModalityBag] = None,
+                prompts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: B x H x W x C -> B x H x W x C; prompts: c x C tokens every window also attends to. Without a bag
+        and prompts exactly timm's block."""
+        if bag is None and prompts is None:
             return super().forward(x)
+        extra = bag
+        if prompts is not None:
+            own = self.prompt_tokens(prompts)
+            extra = own if bag is None else _Tokens(torch.cat([bag.k_tokens, own.k_tokens.to(bag.k_tokens.dtype)]),
+                                                    torch.cat([bag.v_tokens, own.v_tokens.to(bag.v_tokens.dtype)]))
         B, H, W, C = x.shape
         ws = self.window_size
         shortcut = x
@@ -54,15 +81,15 @@ class ControlledTinyViTBlock(TinyVitBlock):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         pH, pW = H + pad_b, W + pad_r
         windows = x.view(B, pH // ws, ws, pW // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C)
-        windows = self._attend(windows, bag)
+        windows = self._attend(windows, extra)
         x = windows.view(B, pH // ws, pW // ws, ws, ws, C).transpose(2, 3).reshape(B, pH, pW, C)[:, :H, :W]
         x = shortcut + self.drop_path1(x)
         x = self.local_conv(x.permute(0, 3, 1, 2)).reshape(B, C, H * W).transpose(1, 2)
-        x = x + self.drop_path2(self.mlp(x)) + bag.mlp(x)
+        x = x + self.drop_path2(self.mlp(x)) + (bag.mlp(x) if bag is not None else 0)
         return x.view(B, H, W, C)
 
-    def _attend(self, x: torch.Tensor, bag: ModalityBag) -> torch.Tensor:
-        """timm's ``Attention.forward`` with the bag's tokens: windows N' x L x C -> N' x L x C."""
+    def _attend(self, x: torch.Tensor, bag) -> torch.Tensor:
+        """timm's ``Attention.forward`` with extra tokens (a bag's, prompts'): windows N' x L x C -> N' x L x C."""
         attn = self.attn
         n, L, _ = x.shape
         q, k, v = attn.qkv(attn.norm(x)).view(n, L, attn.num_heads, -1).split(
@@ -120,7 +147,11 @@ class TinyViTEncoder(nn.Module):
 
     def block_dims(self) -> List[int]:
         """Width of each attention block in order (one modality bag each)."""
-        return [block.dim for layer in self.layers[1:] for block in layer.blocks]
+        return [block.dim for block in self.attention_blocks()]
+
+    def attention_blocks(self) -> List[nn.Module]:
+        """The attention blocks in order (where LoRA and bags go; the MBConv stage has none)."""
+        return [block for layer in self.layers[1:] for block in layer.blocks]
 
     def forward(self, x: torch.Tensor, bags: Optional[Sequence[ModalityBag]] = None) -> torch.Tensor:
         """x: B x in_chans x H x W (H, W multiples of p = ``patch_size``: 16, or 4 with a stride-1 stem); bags: one
@@ -128,17 +159,27 @@ class TinyViTEncoder(nn.Module):
 
         Returns B x out_dim x H/p x W/p.
         """
+        return self.forward_stages(x, bags)[-1].permute(0, 3, 1, 2)
+
+    def forward_stages(self, x: torch.Tensor, bags: Optional[Sequence[ModalityBag]] = None,
+                       prompts: Optional[Sequence[Optional[torch.Tensor]]] = None) -> List[torch.Tensor]:
+        """The output of each attention stage before its patch merging, channels last: B x h_i x w_i x C_i (the last
+        is the encoder's output, B x H/p x W/p x out_dim). ``prompts``: per attention stage, c x C_i tokens that join
+        the attention of its last block (HSP-SAM's Q-prompts), or None."""
         x = self.patch_embed(x)
         x = self.layers[0].downsample(self.layers[0].blocks(x))
         bag_iter = iter(bags) if bags is not None else None
-        for layer in self.layers[1:]:
+        outputs = []
+        for i, layer in enumerate(self.layers[1:]):
             x = x.permute(0, 2, 3, 1)
-            for block in layer.blocks:
-                x = block(x, next(bag_iter) if bag_iter is not None else None)
-            x = x.permute(0, 3, 1, 2)
+            for j, block in enumerate(layer.blocks):
+                last = j == len(layer.blocks) - 1
+                x = block(x, next(bag_iter) if bag_iter is not None else None,
+                          prompts[i] if prompts is not None and last else None)
+            outputs.append(x)
             if layer.downsample is not None:
-                x = layer.downsample(x)
-        return x
+                x = layer.downsample(x.permute(0, 3, 1, 2))
+        return outputs
 
     def train(self, mode: bool = True) -> "TinyViTEncoder":
         """Batch norms whose parameters are frozen (loaded from a checkpoint) keep their statistics."""
@@ -173,6 +214,32 @@ def mobile_sam_key_map(key: str) -> Optional[str]:
     return key
 
 
+def image_encoder_key(key: str, light: bool) -> List[str]:
+    """A file's ``image_encoder.*`` key (its neck excluded) -> the network's ``encoder.*`` key: a SAM ViT one to one,
+    a TinyViT (``light``) through MobileSAM's names; [] for what the encoder does not hold (a TinyViT's classifier)."""
+    inner = key[len("image_encoder."):]
+    if light:
+        inner = mobile_sam_key_map(inner)
+    return ["encoder." + inner] if inner is not None else []
+
+
+def build_lora_tinyvit(cfg: TinyViTConfig, *, in_chans: int, lora_rank: int, lora_targets: Sequence[str] = ("qkv",)
+                       ) -> "TinyViTEncoder":
+    """The TinyViT of ``cfg`` with LoRA of ``lora_rank`` (0: none) on the ``lora_targets`` of every attention block,
+    as HSP-SAM and PG-SAM put LoRA on SAM's ViT; the MBConv stage has no attention and gets none."""
+    from .lora import apply_lora
+
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank must be >= 0 (0: no LoRA, encoder fine-tuned in full), got {lora_rank}")
+    unknown = sorted(set(lora_targets) - set(TINYVIT_LORA_TARGETS))
+    if unknown:
+        raise ValueError(f"LoRA targets {unknown} do not exist in a TinyViT block; choose from {TINYVIT_LORA_TARGETS}")
+    encoder = TinyViTEncoder(cfg, in_chans=in_chans)
+    if lora_rank > 0:
+        apply_lora(encoder.attention_blocks(), rank=lora_rank, targets=lora_targets)
+    return encoder
+
+
 def is_tinyvit_trunk_key(key: str) -> bool:
     """A tensor of the TinyViT trunk (MobileSAM layout, with the ``image_encoder.`` prefix) that a file must supply
     to count as a pretrained light encoder: everything but the classifier and the neck."""
@@ -187,7 +254,7 @@ def load_light_checkpoint(model: nn.Module, path) -> "LoadReport":
     training checkpoints, SAM 2 ...); in addition a SAM ViT file is refused with where it belongs, and the whole
     TinyViT trunk must be in the file (a frozen student with random parts is not the distilled one).
     """
-    from .checkpoint import CheckpointError, load_mapped_state, read_sam_state_dict
+    from .checkpoint import _LORA_KEY, CheckpointError, load_mapped_state, read_sam_state_dict
 
     sd = read_sam_state_dict(path)
     if any(k.startswith(("image_encoder.blocks.", "image_encoder.patch_embed.proj.")) for k in sd):
@@ -205,7 +272,7 @@ def load_light_checkpoint(model: nn.Module, path) -> "LoadReport":
             f"(LiteMedSAM's lite_medsam.pth: 'tiny_vit_litemedsam', e.g. plans preset cpu_medsam; MobileSAM's "
             f"mobile_sam.pt: 'tiny_vit_5m').")
     supplied = {mobile_sam_key_map(k[len("image_encoder."):]) for k in sd if is_tinyvit_trunk_key(k)}
-    needed = list(model.encoder.state_dict())
+    needed = [k for k in model.encoder.state_dict() if not _LORA_KEY.search(k)]  # LoRA factors are the network's
     absent = [k for k in needed if k not in supplied]
     if absent:
         raise CheckpointError(

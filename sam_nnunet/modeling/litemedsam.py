@@ -27,7 +27,7 @@ from torch import nn
 
 from .checkpoint import LoadReport
 from .image_encoder import build_sam_neck
-from .light_encoder import TinyViTEncoder, load_light_checkpoint, mobile_sam_key_map
+from .light_encoder import TinyViTEncoder, image_encoder_key, load_light_checkpoint
 from .registry import get_light_encoder_config
 from .self_prompt_decoder import SelfPromptMaskDecoder
 
@@ -39,6 +39,40 @@ def scale_to_unit_range(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     lo = flat.amin(dim=2, keepdim=True)
     hi = flat.amax(dim=2, keepdim=True)
     return ((flat - lo) / (hi - lo).clamp_min(eps)).view_as(x)
+
+
+#: how a network's input is scaled before a pretrained encoder (``input_scaling`` of ESP-MedSAM and HSP-SAM)
+INPUT_SCALINGS = ("none", "unit_range")
+
+
+def check_encoder_input(input_scaling: str, encoder_scale: float, light: bool) -> None:
+    """ValueError unless ``input_scaling`` is one of :data:`INPUT_SCALINGS` and ``encoder_scale`` is in (0, 1], and 1
+    for a SAM ViT (only a TinyViT takes a resized input)."""
+    if input_scaling not in INPUT_SCALINGS:
+        raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}, got {input_scaling!r}")
+    if not 0 < encoder_scale <= 1 or (encoder_scale != 1 and not light):
+        raise ValueError(f"encoder_scale must be in (0, 1], and 1 for a SAM ViT encoder; got {encoder_scale}")
+
+
+def encoder_stride(patch_size: int, encoder_scale: float) -> int:
+    """Input pixels per embedding pixel of an encoder with ``patch_size``-pixel patches fed the input resized by
+    ``encoder_scale``; a ValueError unless whole."""
+    stride = patch_size / encoder_scale
+    if stride != int(stride):
+        raise ValueError(f"encoder_scale {encoder_scale} does not divide the encoder's {patch_size}-pixel patches into "
+                         f"whole input pixels")
+    return int(stride)
+
+
+def encoder_input(x: torch.Tensor, input_scaling: str, encoder_scale: float) -> torch.Tensor:
+    """What the encoder sees: x (B x C x H x W) rescaled to [0, 1] per sample and channel (``"unit_range"``) and resized
+    by ``encoder_scale`` (bilinear; at 0.5 exactly a 2 x 2 mean), B x C x sH x sW."""
+    if input_scaling == "unit_range":
+        x = scale_to_unit_range(x)
+    if encoder_scale != 1:  # sizes as ints, so that traces keep them
+        size = [int(round(float(n) * encoder_scale)) for n in x.shape[-2:]]
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x
 
 
 class PromptableLiteSAM(nn.Module):
@@ -76,8 +110,7 @@ class PromptableLiteSAM(nn.Module):
         if key.startswith("image_encoder.neck."):
             return ["neck." + key[len("image_encoder.neck."):]]
         if key.startswith("image_encoder."):
-            inner = mobile_sam_key_map(key[len("image_encoder."):])
-            return ["encoder." + inner] if inner is not None else []
+            return image_encoder_key(key, light=True)
         if key.startswith(("prompt_encoder.", "mask_decoder.")):
             return [key]
         return []

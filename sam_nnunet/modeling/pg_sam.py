@@ -25,6 +25,11 @@ Other switches: ``text_prior`` ("text" / "learned" / "none"), ``aligner_weightin
 "spatial", see :mod:`.prior_aligner`), ``optimizer_iterations`` and ``optimizer_update``
 ("sigmoid" / "signed", see :mod:`.mask_optimizer`), ``lora_rank``.
 
+A pretrained TinyViT instead of SAM's ViT (``light_encoder``, e.g. ``"tiny_vit_litemedsam"``: LiteMedSAM's prior,
+plans preset ``cpu_pg_medsam``): LoRA on the qkv of every attention block of the frozen TinyViT (the MBConv stage has
+no attention), its neck gives F_sam; ``input_scaling`` / ``encoder_scale`` adapt nnU-Net's input as for ESP-MedSAM
+(:func:`~.litemedsam.encoder_input`). Nothing of PG-SAM assumes a plain ViT: it reads the last embedding only.
+
 Outputs and deep supervision (Eq. 8: low- and high-resolution paths, 56 and 224 for 224 inputs):
 output 0 is the prediction resized bilinearly to the input size (the refined masks with IMO, else the
 coarse ones); output 1 is the coarse mask logits at a quarter of the input size (4h x 4w). nnU-Net
@@ -41,14 +46,16 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_pretrained_encoder
+from .checkpoint import LoadReport, freeze_pretrained_encoder, load_sam_checkpoint
 from .common import Outputs, padded_size, slices_for_vit, unfold_depth
 from .feature_fusion import MultiLevelFeatureFusion
 from .image_encoder import build_lora_encoder, build_sam_neck
+from .light_encoder import build_lora_tinyvit, image_encoder_key, load_light_checkpoint
+from .litemedsam import check_encoder_input, encoder_input, encoder_stride
 from .mask_decoder import HierarchicalMaskDecoderBlock
 from .mask_optimizer import IterativeMaskOptimizer
 from .prior_aligner import ModalityPriorAligner
-from .registry import get_encoder_config
+from .registry import get_encoder_config, get_light_encoder_config
 from .text_prior import TEXT_DIM, ClassTextPrior
 
 LOW_RES_SCALE = 0.25
@@ -73,6 +80,9 @@ class PGSAM(nn.Module):
         optimizer_update: str = "sigmoid",
         class_texts: Optional[Sequence[str]] = None,
         text_dim: int = TEXT_DIM,
+        light_encoder: Optional[str] = None,
+        input_scaling: str = "none",
+        encoder_scale: float = 1.0,
         deep_supervision: bool = True,
     ) -> None:
         """
@@ -88,24 +98,36 @@ class PGSAM(nn.Module):
             optimizer_iterations / optimizer_update: IMO's T and update (:mod:`.mask_optimizer`).
             class_texts: the class descriptions (recorded for the record; their vectors are a buffer).
             text_dim: width of the text encoder's vectors.
+            light_encoder: ``registry.LIGHT_ENCODERS`` name of a TinyViT used instead of the ViT ``encoder``, or None.
+            input_scaling / encoder_scale: how the input is adapted to a pretrained TinyViT (as ESP-MedSAM's).
             deep_supervision: return [high, low] instead of only the high-resolution logits.
         """
         super().__init__()
-        cfg = get_encoder_config(encoder)
+        self.light = light_encoder is not None
+        check_encoder_input(input_scaling, encoder_scale, self.light)
+        cfg = get_light_encoder_config(light_encoder) if self.light else get_encoder_config(encoder)
         self.num_input_channels = num_input_channels
         self.num_classes = num_classes
-        self.patch_size = cfg.patch_size
+        self.input_scaling = input_scaling
+        self.encoder_scale = float(encoder_scale)
+        self.patch_size = encoder_stride(cfg.patch_size, self.encoder_scale)  # input pixels per embedding pixel
         self.deep_supervision = deep_supervision
         self.lora_rank = lora_rank
         self.class_texts = list(class_texts) if class_texts is not None else None
-        size = padded_size(img_size, cfg.patch_size)
-        grid = (size[0] // cfg.patch_size, size[1] // cfg.patch_size)
+        size = padded_size(img_size, self.patch_size)
+        grid = (size[0] // self.patch_size, size[1] // self.patch_size)
         num_targets = max(num_classes - 1, 1)
         dim = cfg.decoder_dim
 
-        self.encoder = build_lora_encoder(cfg, img_size=img_size, in_chans=num_input_channels, lora_rank=lora_rank,
-                                          lora_targets=lora_targets, out_indexes=(cfg.depth - 1,))
-        self.neck = build_sam_neck(cfg.embed_dim, dim)
+        if self.light:
+            self.encoder = build_lora_tinyvit(cfg, in_chans=num_input_channels, lora_rank=lora_rank,
+                                              lora_targets=lora_targets)
+            self.neck = build_sam_neck(self.encoder.out_dim, dim)
+        else:
+            self.encoder = build_lora_encoder(cfg, img_size=img_size, in_chans=num_input_channels,
+                                              lora_rank=lora_rank, lora_targets=lora_targets,
+                                              out_indexes=(cfg.depth - 1,))
+            self.neck = build_sam_neck(cfg.embed_dim, dim)
         self.text_prior = ClassTextPrior(num_targets=num_targets, feature_dim=dim, mode=text_prior,
                                          text_dim=text_dim) if aligner else None
         self.aligner = ModalityPriorAligner(dim=dim, num_targets=num_targets, num_positions=grid[0] * grid[1],
@@ -146,7 +168,10 @@ class PGSAM(nn.Module):
         Returns B x K x (D x) H x W logits, or with deep supervision [those, coarse B x K x (D x) H/4 x W/4].
         """
         x, depth, (H, W) = slices_for_vit(self, x)
-        features = self.neck(self.encoder(x)[-1].permute(0, 3, 1, 2))
+        if self.light:
+            features = self.neck(self.encoder(encoder_input(x, self.input_scaling, self.encoder_scale)))
+        else:
+            features = self.neck(self.encoder(x)[-1].permute(0, 3, 1, 2))
         prediction, coarse = self.decode(features, self.guide(features))
 
         high = F.interpolate(prediction, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
@@ -165,6 +190,10 @@ class PGSAM(nn.Module):
         """nnU-Net target scale per output: full resolution, then a quarter in-plane (3d: depth kept)."""
         low = [LOW_RES_SCALE] * 2 if ndim == 2 else [1.0, LOW_RES_SCALE, LOW_RES_SCALE]
         return [[1.0] * ndim, low]
+
+    def load_pretrained(self, path) -> LoadReport:
+        """A SAM / MedSAM ViT file, or for a TinyViT encoder a file in MobileSAM's layout (LiteMedSAM's)."""
+        return load_light_checkpoint(self, path) if self.light else load_sam_checkpoint(self, path)
 
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
         """Freeze the encoder tensors the checkpoint supplied (LoRA trains, as SAMed and the paper); rank 0:
@@ -190,7 +219,7 @@ class PGSAM(nn.Module):
         if key.startswith("image_encoder.neck."):
             return ["neck." + key[len("image_encoder.neck."):]]
         if key.startswith("image_encoder."):
-            return ["encoder." + key[len("image_encoder."):]]
+            return image_encoder_key(key, self.light)
         if key == "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix":
             return ["pe_layer.positional_encoding_gaussian_matrix"]
         if key.startswith("mask_decoder.transformer."):

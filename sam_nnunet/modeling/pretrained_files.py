@@ -102,6 +102,14 @@ LITEMEDSAM = PretrainedFile(
         "ESPMedSAMTrainer": "light_encoder 'tiny_vit_litemedsam' (plans preset cpu_medsam): the TinyViT student "
                             "(frozen, batch norms keep their statistics); its neck and the mask decoder's two-way "
                             "transformer, upscaling and positional encoding (trained)",
+        "HSPSAMTrainer": "light_encoder 'tiny_vit_litemedsam' (plans preset cpu_hsp_medsam): the TinyViT (frozen, LoRA "
+                         "on its attention trains); its neck (the deepest level's) and the two-way transformer, "
+                         "upscaling and positional encoding of every level's decoder (trained)",
+        "PGSAMTrainer": "light_encoder 'tiny_vit_litemedsam' (plans preset cpu_pg_medsam): the TinyViT (frozen, LoRA "
+                        "trains); its neck, the decoder's two-way transformer and positional encoding (trained)",
+        "SelfPromptSAMTrainer": "encoder 'vit_tiny_sam_decoder' or a SAM ViT size (plans preset "
+                                "cpu_selfprompt_medsam): SAM's prompt encoder and mask decoder (frozen; the decoder's "
+                                "adapters train); the TinyViT does not fit the ViT, which trains from scratch",
     },
 )
 

@@ -4,7 +4,8 @@ One place for every size so the network classes stay free of presets (cf.
 ``segment_anything.sam_model_registry``). ``vit_b/l/h`` match the official checkpoints
 (``sam_vit_b_01ec64.pth`` etc. and MedSAM's ``medsam_vit_b.pth``); ``vit_tiny`` / ``vit_small``
 (and their 8-pixel-patch forms ``*_p8``) have no pretrained weights and exist so that tests and CPU demos
-train in minutes.
+train in minutes; ``vit_tiny_sam_decoder`` is ``vit_tiny`` with SAM's full-size decoder, so that a pretrained
+prompt encoder and mask decoder (LiteMedSAM's) can start a network whose small ViT trains from scratch.
 
 ``LIGHT_ENCODERS`` are the TinyViT students of ESP-MedSAM (:mod:`.light_encoder`): ``tiny_vit_5m`` is
 MobileSAM's configuration (its ``mobile_sam.pt`` and the files ``sam_nnunet distill`` writes load into
@@ -53,6 +54,10 @@ ENCODERS: Dict[str, EncoderConfig] = {
     "vit_tiny_wide_p8": EncoderConfig(embed_dim=128, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
                                       patch_size=8, decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4,
                                       pretrained=False),
+    # vit_tiny with SAM's decoder (256 wide, MLP 2048, 8 heads): SAM's / LiteMedSAM's prompt encoder and mask
+    # decoder load into it while the small ViT trains from scratch (Self-Prompt-SAM's decoder prior, issue #31)
+    "vit_tiny_sam_decoder": EncoderConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
+                                          pretrained=False),
     "vit_small_p8": EncoderConfig(embed_dim=192, depth=6, num_heads=6, global_attn_indexes=(1, 3, 5), window_size=8,
                                   patch_size=8, decoder_dim=128, decoder_mlp_dim=512, decoder_heads=4,
                                   pretrained=False),

@@ -48,6 +48,12 @@ nnU-Net integration:
 * 3D patches must have the plans' depth D (the depth layers are D x 4D matrices); nnU-Net's sliding
   window always feeds patch-sized tiles and pads volumes shallower than the patch.
 * H and W that are not multiples of 16 are zero-padded and the outputs cropped back.
+* Pretrained weights: an official SAM / MedSAM file fills the ViT, the prompt encoder and the mask decoder. LiteMedSAM's
+  ``lite_medsam.pth`` (``SAM_NNUNET_CHECKPOINT=litemedsam``; plans preset ``cpu_selfprompt_medsam``) has a TinyViT
+  encoder, which the MSPGenerator cannot read (it takes four 1/16 maps at evenly spaced ViT depths): its prompt encoder
+  and mask decoder start this network's, so the self-generated box, point and mask prompts feed a decoder that already
+  knows how to use them, and the ViT trains from scratch. That needs SAM's 256-wide decoder (encoder preset
+  ``vit_tiny_sam_decoder``, or a SAM ViT size).
 * Empty classes: see :mod:`.auto_prompts`; ``empty_prompt="padding"`` uses SAM's not-a-point and
   no-mask embeddings instead of the paper's zero box and point.
 """
@@ -94,6 +100,9 @@ def embed_prompts(prompt_encoder: PromptEncoder, points: torch.Tensor, boxes: to
 
 
 class SelfPromptSAM(nn.Module):
+    #: a TinyViT file (LiteMedSAM's) gives the prompt encoder and mask decoder alone (:func:`~.checkpoint.load_sam_decoder`)
+    takes_sam_decoder_alone = True
+
     def __init__(
         self,
         *,
@@ -256,7 +265,8 @@ class SelfPromptSAM(nn.Module):
     # ------------------------------------------------------------------ pretrained SAM
     def sam_key_map(self, key: str) -> List[str]:
         """Where a tensor of an official SAM checkpoint goes (the loader drops what this network lacks:
-        the IoU head and the multi-mask hypernetworks)."""
+        the IoU head and the multi-mask hypernetworks). A TinyViT file (LiteMedSAM's) gives the prompt encoder and
+        mask decoder only (:func:`~.checkpoint.load_sam_decoder`)."""
         if key.startswith("image_encoder.neck."):
             return ["neck." + key[len("image_encoder.neck."):]]
         if key.startswith("image_encoder."):
@@ -267,6 +277,7 @@ class SelfPromptSAM(nn.Module):
 
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
         """Freeze every SAM weight the checkpoint supplied; the added blocks and SAM weights the file lacked
-        (``report.not_supplied``) train (the paper keeps all of SAM and only adds blocks). Returns (frozen,
-        trainable) parameter counts of the whole network."""
+        (``report.not_supplied``) train (the paper keeps all of SAM and only adds blocks). With LiteMedSAM's file
+        that is its prompt encoder and mask decoder (the decoder's adapters train), while the ViT, which the file
+        cannot fill, trains from scratch. Returns (frozen, trainable) parameter counts of the whole network."""
         return freeze_supplied(self, report)

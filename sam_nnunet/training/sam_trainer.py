@@ -28,7 +28,8 @@ arguments; everything else lives here once:
   parameters are in the optimiser (frozen ones have no gradient and are skipped), so its state loads
   on ``--c`` whether or not the encoder is frozen.
 * Training settings from the plans: a preset's ``"training"`` block (``sam_nnunet_training`` in the
-  configuration) sets ``learning_rate``, ``weight_decay`` and ``supervised_outputs`` per trainer class,
+  configuration) sets ``learning_rate``, ``weight_decay``, ``supervised_outputs``, ``checkpoint`` and
+  ``freeze_pretrained`` (false: full fine-tuning, nothing of the pretrained file frozen) per trainer class,
   e.g. a CPU preset's from-scratch rate; logged, and saved with the model's plans.
 * Loss: nnU-Net's Dice + CE (or Dice + BCE for regions), weighted ``dice_weight`` / ``ce_weight``.
 * Deep supervision: the network reports the target scale of each of its outputs
@@ -103,6 +104,8 @@ TRAINING_SETTINGS = {
     "supervised_outputs": lambda v: v in ("all", "final"),
     # a named pretrained file (pretrained_files.PRETRAINED_FILES), not a path: plans travel with models
     "checkpoint": lambda v: v in PRETRAINED_FILES,
+    # false: full fine-tuning, every loaded tensor trains (default true: what the paper freezes stays frozen)
+    "freeze_pretrained": lambda v: isinstance(v, bool),
 }
 
 
@@ -166,6 +169,7 @@ class SAMTrainerBase(nnUNetTrainer):
         self.initial_lr = self.base_learning_rate
         self.weight_decay = self.base_weight_decay
         self.plans_checkpoint: Optional[str] = None
+        self.freeze_pretrained = True
         self._apply_plans_training()
         self.num_iterations_per_epoch = _positive_int_env(ITERATIONS_ENV) or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = _positive_int_env(VAL_ITERATIONS_ENV) or self.num_val_iterations_per_epoch
@@ -207,6 +211,7 @@ class SAMTrainerBase(nnUNetTrainer):
         self.weight_decay = float(settings.get("weight_decay", self.weight_decay))
         self.supervised_outputs = settings.get("supervised_outputs", self.supervised_outputs)
         self.plans_checkpoint = settings.get("checkpoint", self.plans_checkpoint)
+        self.freeze_pretrained = settings.get("freeze_pretrained", self.freeze_pretrained)
         self.print_to_log_file(f"Training settings from the plans ({TRAINING_KEY}[{owner!r}]): {settings}")
 
     # ------------------------------------------------------------------ architecture from plans
@@ -313,9 +318,14 @@ class SAMTrainerBase(nnUNetTrainer):
             load = getattr(net, "load_pretrained", None)  # networks whose files are not SAM ViTs load their own
             report = load(self.sam_checkpoint) if load is not None else load_sam_checkpoint(net, self.sam_checkpoint)
             self.print_to_log_file(report.format())
-            frozen, trainable = net.freeze_pretrained(report)
-            self.print_to_log_file(f"{type(net).__name__}.freeze_pretrained: {frozen:,} pretrained parameters frozen, "
-                                   f"{trainable:,} trained.")
+            if self.freeze_pretrained:
+                frozen, trainable = net.freeze_pretrained(report)
+                self.print_to_log_file(f"{type(net).__name__}.freeze_pretrained: {frozen:,} pretrained parameters "
+                                       f"frozen, {trainable:,} trained.")
+            else:
+                trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+                self.print_to_log_file(f"Full fine-tuning (training setting freeze_pretrained: false): nothing of the "
+                                       f"file frozen, {trainable:,} parameters trained.")
         else:
             self.print_to_log_file(self.no_checkpoint_message())
 

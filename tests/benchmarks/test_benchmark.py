@@ -307,30 +307,31 @@ def test_the_cpu_preset_trains_hsp_sam_and_self_prompt_sam_refuses_it(acdc_env, 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (SCRIPT.parent / "presets").glob("*.json")))
 def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, preset, tmp_path):
     """Every preset in benchmarks/presets (screened in docs/benchmarks.md, or next to be): its plans derive from
-    nnU-Net's, and HSPSAMTrainer builds its network, applies its training settings and takes a finite training step
-    on ACDC patches of its patch size."""
+    nnU-Net's, and the trainer its training block names (HSPSAMTrainer if none) builds its network with the preset's
+    switches, applies its training settings (a named prior loaded) and takes a finite training step on ACDC patches
+    of its patch size."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from sam_nnunet.modeling.registry import get_encoder_config
+    from sam_nnunet.modeling.pretrained_files import resolve_checkpoint
     from sam_nnunet.plans import load_preset, write_sam_plans
 
-    folder = acdc_env["nnUNet_preprocessed"] / DATASET
     spec = load_preset(str(SCRIPT.parent / "presets" / preset))
+    conf = spec["configurations"]["2d"]
+    (name, settings), = conf.get("training", {"HSPSAMTrainer": {}}).items()
     written = write_sam_plans("27", str(SCRIPT.parent / "presets" / preset), preprocessed_root=str(acdc_env["nnUNet_preprocessed"]))
     try:
-        trainer = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_1epoch", spec["plans_name"], device=torch.device("cpu"))
+        trainer = get_trainer_from_args("27", "2d", 0, f"{name}_1epoch", spec["plans_name"], device=torch.device("cpu"))
         trainer.num_iterations_per_epoch = 1
         trainer.on_train_start()
-        conf = spec["configurations"]["2d"]
-        encoder = get_encoder_config(conf["sam_nnunet"]["encoder"])
-        assert trainer.network.patch_size == encoder.patch_size
+        arch = trainer.configuration_manager.network_arch_init_kwargs
+        assert {k: arch[k] for k in conf["sam_nnunet"]} == conf["sam_nnunet"]
         assert list(trainer.configuration_manager.patch_size) == conf["patch_size"] and trainer.batch_size == conf["batch_size"]
-        lr = conf.get("training", {}).get("HSPSAMTrainer", {}).get("learning_rate", trainer.base_learning_rate)
-        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
-        supervised = conf.get("training", {}).get("HSPSAMTrainer", {}).get("supervised_outputs", "all")
-        weights = np.asarray(trainer.loss.weight_factors, dtype=float)
-        assert weights[0] > 0 and len(weights) == trainer.network.num_levels
-        assert (np.count_nonzero(weights) == 1) == (supervised == "final")
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(settings.get("learning_rate", trainer.base_learning_rate))
+        assert trainer.sam_checkpoint == (resolve_checkpoint(settings["checkpoint"]) if "checkpoint" in settings else None)
+        if name == "HSPSAMTrainer":
+            weights = np.asarray(trainer.loss.weight_factors, dtype=float)
+            assert weights[0] > 0 and len(weights) == trainer.network.num_levels
+            assert (np.count_nonzero(weights) == 1) == (settings.get("supervised_outputs", "all") == "final")
         trainer.on_train_epoch_start()
         loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
         assert np.isfinite(loss)

@@ -13,10 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam_nnunet.modeling.checkpoint import CheckpointError
+from sam_nnunet.modeling.auto_prompts import prompts_from_masks
+from sam_nnunet.modeling.checkpoint import CheckpointError, load_sam_checkpoint
 from sam_nnunet.modeling.esp_medsam import ESPMedSAM
+from sam_nnunet.modeling.hsp_sam import HSPSAM
 from sam_nnunet.modeling.litemedsam import PromptableLiteSAM, scale_to_unit_range
+from sam_nnunet.modeling.pg_sam import PGSAM
 from sam_nnunet.modeling.pretrained_files import LITEMEDSAM, PRETRAINED_FILES, resolve_checkpoint, verify_file
+from sam_nnunet.modeling.self_prompt_sam import SelfPromptSAM, embed_prompts
 
 LV_CAVITY = 3
 
@@ -116,6 +120,65 @@ def test_esp_medsam_on_the_prior_has_mask_logits_at_the_input_resolution(litemed
     assert masks.shape == (2, 4, 64, 64) and patches.shape == (2, 3, 8, 8)  # SPPG: 1/8 with a 1/4 embedding
 
 
+def self_prompt_decoder_dice(net: SelfPromptSAM, litemedsam_file, lv_slices) -> float:
+    """LV-cavity Dice of ``net``'s prompt encoder and mask decoder (Self-Prompt-SAM's own prompt path: box, farthest
+    point and mask of the class, :func:`prompts_from_masks` + :func:`embed_prompts`) on LiteMedSAM's image embedding,
+    prompted from the ground truth."""
+    images, masks, _ = lv_slices
+    lite = PromptableLiteSAM(in_chans=1).eval()
+    lite.load_pretrained(litemedsam_file)
+    with torch.no_grad():
+        embedding = lite.neck(lite.encoder(scale_to_unit_range(images)))  # 4 x 256 x 64 x 64
+        onehot = torch.stack([~masks, masks], dim=1).float()
+        prompts = prompts_from_masks(onehot, mask_size=(256, 256))
+        sparse, dense = embed_prompts(net.prompt_encoder, prompts.points[:, 1], prompts.boxes[:, 1],
+                                      prompts.masks[:, 1:2])
+        pe = net.prompt_encoder.pe_layer(tuple(embedding.shape[-2:])).unsqueeze(0)
+        pred = net.mask_decoder(embedding, pe, sparse, dense)[:, 0] > 0
+    inter = (pred & masks).flatten(1).sum(1).float()
+    return float((2 * inter / (pred.flatten(1).sum(1) + masks.flatten(1).sum(1))).mean())
+
+
+def _self_prompt_sam(encoder: str = "vit_tiny_sam_decoder") -> SelfPromptSAM:
+    return SelfPromptSAM(num_input_channels=1, num_classes=2, img_size=(256, 256), encoder=encoder,
+                         generator_channels=(8, 16, 32, 64)).eval()
+
+
+def test_self_prompt_sams_decoder_starts_from_the_prior(litemedsam_file, file_state, lv_slices):
+    """Self-Prompt-SAM's prompt encoder and mask decoder (DFusedAdapters in, zero-initialised) loaded from the file
+    segment the LV cavity from the box, point and mask prompts Self-Prompt-SAM generates; the same untrained does not.
+    The file's TinyViT cannot fill the ViT, which is left to train, and every tensor is accounted for."""
+    assert self_prompt_decoder_dice(_self_prompt_sam(), litemedsam_file, lv_slices) < 0.3
+    net = _self_prompt_sam()
+    report = load_sam_checkpoint(net, litemedsam_file)
+    assert self_prompt_decoder_dice(net, litemedsam_file, lv_slices) > 0.8
+    assert len(report.loaded) + len(report.unexpected) == len(file_state) and report.resized == []
+    assert {k for k in file_state if k.startswith(("prompt_encoder.", "mask_decoder."))} - set(report.unexpected) == \
+        set(report.loaded)
+    assert {k.split(".")[0] + "." + k.split(".")[1] for k in report.unexpected if k.startswith("mask_decoder.")} == \
+        {"mask_decoder.iou_prediction_head", "mask_decoder.output_hypernetworks_mlps"}
+    assert all(k.startswith(("encoder.", "neck.", "prompt_generator.", "modality_adapter.", "mc_adapter."))
+               or ".adapter" in k for k in report.missing)
+    frozen, trainable = net.freeze_pretrained(report)
+    assert frozen == sum(file_state[k].numel() for k in report.loaded if k in dict(net.named_parameters()))
+    assert all(p.requires_grad for p in net.encoder.parameters()) and trainable > 0
+
+
+def test_a_decoder_narrower_than_sams_refuses_the_file_naming_the_preset_that_fits(litemedsam_file):
+    net = _self_prompt_sam("vit_tiny")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(CheckpointError, match="256-wide SAM mask decoder, but this network's decoder is 64 wide.*"
+                                              "vit_tiny_sam_decoder"):
+        load_sam_checkpoint(net, litemedsam_file)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_a_vit_network_without_a_decoder_path_refuses_a_tinyvit_file(litemedsam_file):
+    net = HSPSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), encoder="vit_tiny")
+    with pytest.raises(CheckpointError, match="holds a TinyViT image encoder .* not the SAM ViT"):
+        load_sam_checkpoint(net, litemedsam_file)
+
+
 def test_a_mobile_sam_encoder_refuses_the_file_naming_the_one_that_fits(litemedsam_file):
     net = ESPMedSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), modality="mri",
                     light_encoder="tiny_vit_5m")
@@ -159,3 +222,70 @@ def test_weights_command_lists_the_verified_file_offline():
     assert "ESPMedSAMTrainer" in row["initialises"]
     text = subprocess.run(["sam_nnunet", "weights"], capture_output=True, text=True).stdout
     assert "SAM_NNUNET_CHECKPOINT=litemedsam" in text and LITEMEDSAM.sha256 in text
+
+
+def _hsp_on_the_prior(**kwargs) -> HSPSAM:
+    return HSPSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), light_encoder="tiny_vit_litemedsam",
+                  input_scaling="unit_range", **kwargs)
+
+
+def test_hsp_sam_on_the_prior_keeps_its_embedding_and_trains_lora_q_prompts_and_decoders(litemedsam_file, lv_slices):
+    """HSP-SAM's TinyViT option: the file's whole TinyViT, neck and two-way transformers load; with LoRA at its zero
+    start and no Q-prompts the deepest level's embedding is LiteMedSAM's own (the one that segments with a box); what
+    trains is LoRA, the Q&A prompts, the necks and decoders, and every one of those gets a gradient."""
+    images = lv_slices[0][:2]
+    lite = PromptableLiteSAM(in_chans=1).eval()
+    lite.load_pretrained(litemedsam_file)
+    plain = _hsp_on_the_prior(qa_prompts=False).eval()
+    report = plain.load_pretrained(litemedsam_file)
+    assert report.resized == [("encoder.patch_embed.conv1.conv.weight", (32, 3, 1, 1), (32, 1, 1, 1))]
+    assert {k.split(".")[0] for k in report.loaded} == {"encoder", "necks", "decoders", "pe_layer"}
+    assert all(".lora_" in k or not k.startswith("encoder.") for k in report.missing)
+    with torch.no_grad():
+        expected = lite.neck(lite.encoder(scale_to_unit_range(images)))
+        got = plain.necks[-1](plain.embed(images, None)[-1].permute(0, 3, 1, 2))
+    torch.testing.assert_close(got, expected)
+
+    net = _hsp_on_the_prior(lora_rank=4)
+    frozen, trainable = net.freeze_pretrained(net.load_pretrained(litemedsam_file))
+    encoder = dict(net.encoder.named_parameters())
+    assert frozen == sum(p.numel() for n, p in encoder.items() if ".lora_" not in n)
+    assert trainable == sum(p.numel() for n, p in encoder.items() if ".lora_" in n) > 0
+    outputs = net.train()(torch.randn(2, 1, 64, 64))
+    assert [tuple(o.shape) for o in outputs] == [(2, 4, 64, 64)] * 2  # two levels: the last two TinyViT stages
+    sum(o.square().mean() for o in outputs).backward()
+    no_grad = [n for n, p in net.named_parameters() if p.requires_grad and not n.endswith("lora_A")
+               and (p.grad is None or not p.grad.any())]
+    assert no_grad == []  # (lora_A's gradient is zero while lora_B is at its zero start)
+
+
+def test_hsp_sam_with_the_prior_at_half_size_and_its_refusals(litemedsam_file):
+    net = _hsp_on_the_prior(encoder_scale=0.5, lora_rank=4)
+    assert net.patch_size == 8 and [tuple(o.shape) for o in net(torch.randn(1, 1, 64, 64))] == [(1, 4, 64, 64)] * 2
+    with pytest.raises(ValueError, match=r"LoRA targets \['mlp'\] do not exist in a TinyViT block"):
+        _hsp_on_the_prior(lora_targets=("mlp",))
+    with pytest.raises(ValueError, match="q_prompts_at='input' needs a plain ViT"):
+        _hsp_on_the_prior(q_prompts_at="input")
+    with pytest.raises(ValueError, match="encoder_scale must be in"):
+        HSPSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), encoder="vit_tiny", encoder_scale=0.5)
+
+
+def test_pg_sam_on_the_prior_reads_litemedsams_embedding_and_trains_lora(litemedsam_file, lv_slices):
+    """PG-SAM's TinyViT option: at LoRA's zero start F_sam is LiteMedSAM's image embedding; the TinyViT is frozen but
+    for LoRA; at half size the outputs keep nnU-Net's two scales (full, a quarter)."""
+    images = lv_slices[0][:2]
+    lite = PromptableLiteSAM(in_chans=1).eval()
+    lite.load_pretrained(litemedsam_file)
+    net = PGSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), light_encoder="tiny_vit_litemedsam",
+                input_scaling="unit_range", text_prior="learned")
+    report = net.load_pretrained(litemedsam_file)
+    frozen, trainable = net.freeze_pretrained(report)
+    assert {k.split(".")[0] for k in report.loaded} == {"encoder", "neck", "decoder", "pe_layer"}
+    assert trainable == sum(p.numel() for n, p in net.encoder.named_parameters() if ".lora_" in n) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval().neck(net.encoder(scale_to_unit_range(images))),
+                                   lite.neck(lite.encoder(scale_to_unit_range(images))))
+    half = PGSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), light_encoder="tiny_vit_litemedsam",
+                 input_scaling="unit_range", encoder_scale=0.5, text_prior="learned")
+    high, low = half(torch.randn(2, 1, 64, 64))
+    assert half.patch_size == 8 and high.shape == (2, 4, 64, 64) and low.shape == (2, 4, 16, 16)

@@ -195,9 +195,11 @@ def test_plans_training_block_sets_the_optimiser_and_loss_of_the_named_trainer_a
                                                                  fold=0, dataset_json=dataset_json, device=CPU)
     assert other.initial_lr == type(other).base_learning_rate and other.supervised_outputs == "all"
     for bad, match in (({"learning_rate": -1}, r"\['learning_rate'\] = -1 is not valid"),
-                       ({"lr": 1e-3}, r"unknown settings \['lr'\]; expected some of \['checkpoint', 'learning_rate'"),
+                       ({"lr": 1e-3}, r"unknown settings \['lr'\]; expected some of "
+                                      r"\['checkpoint', 'freeze_pretrained', 'learning_rate'"),
                        ({"checkpoint": "/models/lite_medsam.pth"}, r"\['checkpoint'\] = '/models/lite_medsam.pth' is not "
-                                                                   r"valid")):  # a name, not a path
+                                                                   r"valid"),  # a name, not a path
+                       ({"freeze_pretrained": "no"}, r"\['freeze_pretrained'\] = 'no' is not valid")):
         plans["configurations"]["2d"]["sam_nnunet_training"] = {"HSPSAMTrainer": bad}
         with pytest.raises(ValueError, match=match):
             recursive_find_trainer_class_by_name("HSPSAMTrainer")(plans=copy.deepcopy(plans), configuration="2d",
