@@ -212,8 +212,9 @@ def load_sam_checkpoint(model: nn.Module, path: str | os.PathLike,
             return load_sam_decoder(model, sd, key_map, path)
         raise CheckpointError(
             f"{path} holds a TinyViT image encoder (MobileSAM / LiteMedSAM layout: image_encoder.layers.*), not the "
-            f"SAM ViT this network's encoder is. ESP-MedSAM takes it (plans preset cpu_medsam for LiteMedSAM's), and "
-            f"Self-Prompt-SAM takes its prompt encoder and mask decoder alone.")
+            f"SAM ViT this network's encoder is. ESP-MedSAM, HSP-SAM and PG-SAM take it with a light_encoder (plans "
+            f"presets cpu_medsam, cpu_hsp_medsam, cpu_pg_medsam for LiteMedSAM's); Self-Prompt-SAM takes its prompt "
+            f"encoder and mask decoder alone.")
     embed_dim, depth = checkpoint_encoder_size(sd)
     want_dim, want_depth = model.encoder.embed_dim, len(model.encoder.blocks)
     if (embed_dim is not None and embed_dim != want_dim) or depth > want_depth:
