@@ -44,6 +44,9 @@ finished row is kept in ``--out``/``rows/``: the same command run again (after a
 pieces: ``--trainers`` a few at a time) measures only the rows still missing and builds the table
 from all of them; a kept row measured with other settings is refused, never overwritten.
 
+On CPU every row runs with subnormal floats flushed to zero (:func:`sam_nnunet.training.numerics.flush_denormal`, as
+the SAM trainers' own runs do), nnUNetTrainer's too, so that no row's speed depends on the rows before it.
+
 Datasets (``--dataset``): ``acdc`` (shipped ACDC cine-MRI, patient-grouped split, 3 classes) or
 ``kvasir`` (shipped Kvasir-SEG, RGB PNG through nnU-Net's natural-image reader, nnU-Net's own
 random 5-fold split, one class). A trainer named ``NAME:3d_fullres`` trains that configuration
@@ -122,11 +125,10 @@ def prepare(args) -> Dict[str, Path]:
     raw = Path(args.nnunet_raw).resolve() if args.nnunet_raw else out / "nnUNet_raw"
     pre = Path(args.nnunet_preprocessed).resolve() if args.nnunet_preprocessed else out / "nnUNet_preprocessed"
     results = out / f"nnUNet_results_{datetime.datetime.now():%Y%m%d_%H%M%S}"
-    from sam_nnunet import trainers_folder
+    from sam_nnunet import nnunet_env
 
-    os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(results),
-                      nnUNet_extTrainer=trainers_folder(), nnUNet_compile="false",
-                      nnUNet_n_proc_DA=str(args.processes), SAM_NNUNET_SEED=str(args.seed))
+    os.environ.update(nnunet_env(nnUNet_raw=raw, nnUNet_preprocessed=pre, nnUNet_results=results),
+                      nnUNet_compile="false", nnUNet_n_proc_DA=str(args.processes), SAM_NNUNET_SEED=str(args.seed))
     ds = DATASETS[args.dataset]
     if not (pre / ds["name"] / f"{PLANS}.json").is_file():
         from sam_nnunet.plans import write_sam_plans
@@ -224,7 +226,12 @@ def measure_or_reuse(spec: str, args, paths, out: Path) -> dict:
                              f"({row_settings(args)}). Use another --out, or move that file away to measure again.")
         print(f"[{spec}] kept from {row.get('date')}: {path}", flush=True)
         return row
-    row = benchmark_trainer(spec, args, paths)
+    import torch
+    from sam_nnunet.training.numerics import flush_denormal
+
+    with flush_denormal(torch.device(args.device)) as flushed:  # every row alike, nnUNetTrainer's too
+        row = benchmark_trainer(spec, args, paths)
+    row["flush_denormal"] = flushed
     row.update(settings=row_settings(args), date=datetime.date.today().isoformat(), machine=machine(args.device))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")

@@ -126,12 +126,9 @@ def main(argv=None) -> int:
     net = locate(NETWORKS[args.network])(**kwargs)
     frozen = 0
     if args.checkpoint:
-        from sam_nnunet.modeling.checkpoint import load_sam_checkpoint
         from sam_nnunet.modeling.pretrained_files import resolve_checkpoint
 
-        path = resolve_checkpoint(args.checkpoint)
-        load = getattr(net, "load_pretrained", None)
-        frozen, _ = net.freeze_pretrained(load(path) if load is not None else load_sam_checkpoint(net, path))
+        frozen, _ = net.freeze_pretrained(net.load_pretrained(resolve_checkpoint(args.checkpoint)))
     net = net.to(device)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     run = torch.compile(net) if args.compile else net

@@ -51,17 +51,14 @@ def run_measured(cmd: List[str], env: Dict[str, str], log: Path) -> dict:
 def init_fold(dataset: str, trainer: str, plans: str, configuration: str) -> None:
     """Fold 0 saved right after initialize(): untrained, for timing (see the module docstring)."""
     import torch
-    from batchgenerators.utilities.file_and_folder_operations import save_json
     from nnunetv2.run.run_training import get_trainer_from_args
+
+    from sam_nnunet.export import save_fold
 
     t = get_trainer_from_args(dataset, configuration, 0, trainer, plans, device=torch.device("cpu"))
     t.initialize()
-    t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    os.makedirs(t.output_folder, exist_ok=True)
-    save_json(t.plans_manager.plans, os.path.join(t.output_folder_base, "plans.json"), sort_keys=False)
-    save_json(t.dataset_json, os.path.join(t.output_folder_base, "dataset.json"), sort_keys=False)
     t.current_epoch = -1  # nnU-Net stores current_epoch + 1: this fold reads as trained for 0 epochs
-    t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
+    save_fold(t)
 
 
 def trained_epochs(checkpoint: Path) -> int:
@@ -96,14 +93,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from sam_nnunet import trainers_folder
+    from sam_nnunet import nnunet_env
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, nnUNet_results=args.results, nnUNet_raw=args.raw, nnUNet_preprocessed=args.preprocessed,
-               nnUNet_extTrainer=trainers_folder(), nnUNet_compile="false")
-    os.environ.update({k: env[k] for k in ("nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed",
-                                           "nnUNet_extTrainer", "nnUNet_compile")})
+    own = dict(nnunet_env(nnUNet_raw=args.raw, nnUNet_preprocessed=args.preprocessed, nnUNet_results=args.results),
+               nnUNet_compile="false")
+    os.environ.update(own)
+    env = dict(os.environ)
     raw = Path(args.raw) / args.dataset
     dataset_json = json.loads((raw / "dataset.json").read_text())
     ending = dataset_json["file_ending"]

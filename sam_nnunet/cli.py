@@ -10,19 +10,13 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sam_nnunet import trainers_folder
+from sam_nnunet import nnunet_env
 from sam_nnunet.plans import CPU_PRESET, load_preset
 
 
 def cmd_env(args: argparse.Namespace) -> int:
     """Print the exports nnU-Net needs to find the trainers (and, with --root, its data folders)."""
-    lines = [f"export nnUNet_extTrainer={shlex.quote(trainers_folder())}"]
-    if args.root:
-        root = Path(args.root).resolve()
-        for var, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed"),
-                         ("nnUNet_results", "nnUNet_results")):
-            lines.append(f"export {var}={shlex.quote(str(root / sub))}")
-    print("\n".join(lines))
+    print("\n".join(f"export {var}={shlex.quote(value)}" for var, value in nnunet_env(args.root).items()))
     return 0
 
 
@@ -115,9 +109,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         print(f"{out} is not empty; choose a new --out folder (the demo never overwrites results).", file=sys.stderr)
         return 2
-    env = dict(os.environ, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(out / "nnUNet_preprocessed"),
-               nnUNet_results=str(out / "nnUNet_results"), nnUNet_extTrainer=trainers_folder(),
-               nnUNet_n_proc_DA=str(args.processes), nnUNet_def_n_proc=str(args.processes), nnUNet_compile="false",
+    env = dict(os.environ, **nnunet_env(out), nnUNet_n_proc_DA=str(args.processes),
+               nnUNet_def_n_proc=str(args.processes), nnUNet_compile="false",
                SAM_NNUNET_ITERATIONS_PER_EPOCH=str(args.iterations), SAM_NNUNET_SEED=str(args.seed),
                SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=str(max(1, args.iterations // 5)))
     d = str(args.dataset_id)

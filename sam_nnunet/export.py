@@ -27,6 +27,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
+from sam_nnunet.modeling.common import bare_network
+
 Fold = Union[int, str]
 INFERENCE_KEYS = ("network_weights", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")
 
@@ -119,6 +121,20 @@ def export_from_results(dataset: str, configuration: str, trainer: str, plans: s
                         checkpoint_name)
 
 
+def save_fold(trainer, checkpoint_name: str = "checkpoint_final.pth") -> Path:
+    """A fold as ``nnUNetv2_train`` leaves it, from an initialised nnU-Net ``trainer`` (any trainer class): the model
+    folder's ``plans.json`` and ``dataset.json`` and the trainer's weights as ``fold_X/<checkpoint_name>``, with the
+    mirroring axes inference may use. For models made without training (tests, timing); returns the model folder."""
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets inference_allowed_mirroring_axes
+    os.makedirs(trainer.output_folder, exist_ok=True)
+    save_json(trainer.plans_manager.plans, os.path.join(trainer.output_folder_base, "plans.json"), sort_keys=False)
+    save_json(trainer.dataset_json, os.path.join(trainer.output_folder_base, "dataset.json"), sort_keys=False)
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, checkpoint_name))
+    return Path(trainer.output_folder_base)
+
+
 def load_fold_network(model_folder: Union[str, os.PathLike], fold: Fold, checkpoint_name: str = "checkpoint_final.pth"):
     """The network of one trained fold, built and loaded as ``nnUNetv2_predict`` does (deep supervision off,
     eval mode, CPU). Returns ``(network, predictor)``; the predictor carries plans, dataset.json, trainer
@@ -135,6 +151,6 @@ def load_fold_network(model_folder: Union[str, os.PathLike], fold: Fold, checkpo
     predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
                                                    checkpoint_name=checkpoint_name)
-    network = getattr(predictor.network, "_orig_mod", predictor.network)  # nnUNet_compile=true wraps it
+    network = bare_network(predictor.network)  # nnUNet_compile=true wraps it
     network.load_state_dict(predictor.list_of_parameters[0])
     return network.eval(), predictor

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from sam_nnunet.modeling.checkpoint import is_trunk_key, official_sam_keys
+from sam_nnunet.modeling.interface import SAMNetwork
 from sam_nnunet.modeling.lora import merge_lora
 
 PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
@@ -80,7 +81,7 @@ def export_encoder(model_folder: Union[str, os.PathLike], fold: Union[int, str],
     if out.exists():
         raise FileExistsError(f"{out} already exists; not overwriting it")
     network, predictor = load_fold_network(model_folder, fold, checkpoint_name)
-    if not hasattr(network, "sam_key_map"):
+    if not isinstance(network, SAMNetwork):
         raise ValueError(f"{predictor.trainer_name} does not train a SAM network (its network is "
                          f"{type(network).__name__}); only SAM trainers' encoders can be exported")
     state = encoder_state_dict(network)

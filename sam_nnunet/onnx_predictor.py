@@ -24,6 +24,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from sam_nnunet.modeling.common import bare_network
 from sam_nnunet.onnx_export import INPUT_NAME, OUTPUT_NAME, read_export, require
 
 FOLD_KEY = "onnx_fold"
@@ -103,7 +104,7 @@ def make_predictor(folder: Union[str, os.PathLike], folds: Optional[Sequence[Uni
     predictor.manual_initialization(OnnxNetwork(sessions), plans_manager, configuration_manager,
                                     [{FOLD_KEY: f} for f in folds], dataset_json, meta["trainer"],
                                     tuple(mirroring) if mirroring is not None else None)
-    predictor.network = getattr(predictor.network, "_orig_mod", predictor.network)  # never torch.compile a session
+    predictor.network = bare_network(predictor.network)  # never torch.compile a session
     return predictor
 
 

@@ -83,14 +83,28 @@ def acdc_crop(tmp_path_factory) -> Path:
     return crop_acdc(tmp_path_factory.mktemp("acdc_src") / "ACDC", 6)
 
 
-def _export(monkeypatch, paths):
-    from sam_nnunet import trainers_folder
+def command_env(folders: dict, **settings) -> dict:
+    """os.environ for nnU-Net's commands on the project's trainers: nnU-Net's ``folders`` (by variable name), one
+    data-augmentation process, no torch.compile, no SAM checkpoint inherited from the caller, and ``settings``."""
+    from sam_nnunet import nnunet_env
 
-    for k, v in paths.items():
-        monkeypatch.setenv(k, str(v))
-    monkeypatch.setenv("nnUNet_extTrainer", trainers_folder())
-    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
-    monkeypatch.setenv("nnUNet_compile", "false")
+    env = dict(os.environ, **nnunet_env(**folders), nnUNet_n_proc_DA="1", nnUNet_compile="false",
+               **{k: str(v) for k, v in settings.items()})
+    env.pop("SAM_NNUNET_CHECKPOINT", None)
+    return env
+
+
+@pytest.fixture
+def nnunet_command_env():
+    """:func:`command_env`, for test modules."""
+    return command_env
+
+
+def _export(monkeypatch, paths):
+    from sam_nnunet import nnunet_env
+
+    for k, v in dict(nnunet_env(**paths), nnUNet_n_proc_DA="1", nnUNet_compile="false").items():
+        monkeypatch.setenv(k, v)
     for var in ("SAM_NNUNET_CHECKPOINT", "SAM_NNUNET_ITERATIONS_PER_EPOCH", "SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH"):
         monkeypatch.delenv(var, raising=False)
 
@@ -114,12 +128,9 @@ def acdc_preprocessed(acdc_crop, tmp_path_factory):
     """
     import subprocess
 
-    from sam_nnunet import trainers_folder
-
     root = tmp_path_factory.mktemp("nnunet")
     paths = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "preprocessed"}
-    env = dict(os.environ, **{k: str(v) for k, v in paths.items()}, nnUNet_results=str(root / "unused"),
-               nnUNet_extTrainer=trainers_folder(), nnUNet_n_proc_DA="1")
+    env = command_env(dict(paths, nnUNet_results=root / "unused"))
     for cmd in (["sam_nnunet", "convert-acdc", "-i", str(acdc_crop), "-d", "27", "--holdout", "1"],
                 ["nnUNetv2_plan_and_preprocess", "-d", "27", "-c", "2d", "3d_fullres", "-np", "1"],
                 ["sam_nnunet", "plans", "-d", "27", "--preset", "cpu_tiny"]):
@@ -261,13 +272,8 @@ def train_on_acdc_crop(acdc_preprocessed, results: Path, trainer: str, iteration
     ACDC crop into ``results``; returns (the trained-model folder, the environment it ran in)."""
     import subprocess
 
-    from sam_nnunet import trainers_folder
-
-    env = dict(os.environ, **{k: str(v) for k, v in acdc_preprocessed.items()}, nnUNet_results=str(results),
-               nnUNet_extTrainer=trainers_folder(), nnUNet_n_proc_DA="1", nnUNet_compile="false",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH=str(iterations), SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
-               SAM_NNUNET_SEED="0")
-    env.pop("SAM_NNUNET_CHECKPOINT", None)
+    env = command_env(dict(acdc_preprocessed, nnUNet_results=results), SAM_NNUNET_ITERATIONS_PER_EPOCH=iterations,
+                      SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=1, SAM_NNUNET_SEED=0)
     cmd = ["nnUNetv2_train", "27", "2d", "0", "-tr", trainer, "-p", plans, "-device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

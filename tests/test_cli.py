@@ -17,6 +17,18 @@ def test_env_exports_the_trainers_folder(tmp_path):
     assert exports["nnUNet_results"] == str(tmp_path.resolve() / "nnUNet_results")
 
 
+def test_nnunet_env_gives_the_trainers_and_each_folder_given_or_under_the_root(tmp_path):
+    from sam_nnunet import nnunet_env, trainers_folder
+
+    root = tmp_path.resolve()
+    assert nnunet_env(tmp_path, nnUNet_results=tmp_path / "elsewhere") == {
+        "nnUNet_extTrainer": trainers_folder(), "nnUNet_raw": str(root / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"), "nnUNet_results": str(root / "elsewhere")}
+    assert nnunet_env() == {"nnUNet_extTrainer": trainers_folder()}
+    with pytest.raises(ValueError, match=r"\['nnUNet_rawdata'\] are not nnU-Net folders"):
+        nnunet_env(nnUNet_rawdata=tmp_path)
+
+
 def test_demo_refuses_a_non_empty_output_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("results")
     out = sam_nnunet("demo", "--out", str(tmp_path))

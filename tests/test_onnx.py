@@ -17,12 +17,12 @@ import onnxruntime as ort
 import pytest
 import SimpleITK as sitk
 import torch
-from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
 from sam_nnunet import trainers_folder
 from sam_nnunet.cli import main as cli
+from sam_nnunet.export import save_fold
 from sam_nnunet.onnx_export import (INPUT_NAME, METADATA_FILE, OnnxExportError, export_network, export_onnx,
                                     has_discrete_prompts, read_export)
 from sam_nnunet.onnx_predictor import make_predictor
@@ -57,17 +57,12 @@ def make_fold(trainer_name: str, configuration: str, fold: int = 0, seed: int = 
     t = get_trainer_from_args("27", configuration, fold, trainer_name, PLANS, device=CPU)
     torch.manual_seed(seed)
     t.initialize()
-    t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the mirroring axes inference may use
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in t.network.parameters():  # 20 % of the tensor's spread; zero-initialised tensors get 0.02
             spread = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 0.1
             p.add_(0.2 * spread * torch.randn(p.shape, generator=generator))
-    os.makedirs(t.output_folder, exist_ok=True)
-    save_json(t.plans_manager.plans, os.path.join(t.output_folder_base, "plans.json"), sort_keys=False)
-    save_json(t.dataset_json, os.path.join(t.output_folder_base, "dataset.json"), sort_keys=False)
-    t.save_checkpoint(os.path.join(t.output_folder, "checkpoint_final.pth"))
-    return Path(t.output_folder_base), t
+    return save_fold(t), t
 
 
 def real_tiles(trainer, n: int = 2) -> torch.Tensor:

@@ -22,7 +22,8 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from sam_nnunet import submission, trainers_folder
+import sam_nnunet
+from sam_nnunet import NNUNET_FOLDERS, submission, trainers_folder
 from sam_nnunet.image_checks import read_header
 from sam_nnunet.submission import NaturalImages, SubmissionError, VolumeImages, grand_challenge_cases, main
 
@@ -69,12 +70,11 @@ def truncate(path, keep=0.5):
 # ------------------------------------------------------------------------------------------- models and inputs
 def nnunet_env(root):
     """os.environ with nnU-Net folders under ``root`` and the settings of conftest's training fixtures."""
-    paths = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    paths = {name: root / name for name in NNUNET_FOLDERS}
     for p in paths.values():
         p.mkdir(parents=True)
-    env = dict(os.environ, **{k: str(v) for k, v in paths.items()}, nnUNet_extTrainer=trainers_folder(),
-               nnUNet_n_proc_DA="1", nnUNet_compile="false", SAM_NNUNET_ITERATIONS_PER_EPOCH="2",
-               SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_SEED="0")
+    env = dict(os.environ, **sam_nnunet.nnunet_env(root), nnUNet_n_proc_DA="1", nnUNet_compile="false",
+               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_SEED="0")
     env.pop("SAM_NNUNET_CHECKPOINT", None)
     return env, paths
 

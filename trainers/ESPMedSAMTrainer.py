@@ -1,46 +1,16 @@
 """ESP-MedSAM trainers (shared/papers/004): ``nnUNetv2_train DATASET 2d FOLD -tr ESPMedSAMTrainer``.
 
-Network: :mod:`sam_nnunet.modeling.esp_medsam` (TinyViT + modality controller, SPPG, QDMD). Recipe, section
-IV-A-2: Adam, lr 1e-4, exponential decay (the rate is not given: here it falls to 1 % at the last epoch);
-loss lambda * focal + Dice on the masks (Eq. 8; lambda = 20, SAM's ratio, as the paper gives none) plus the
-SPPG's BCE on the patch map (Eq. 5, weight 1) (:mod:`sam_nnunet.training.losses`).
-
-* ``ESPMedSAMTrainer``: the student, ESP-MedSAM-S: MobileSAM's TinyViT (``tiny_vit_5m``). Its weights come from
-  ``SAM_NNUNET_CHECKPOINT``: a file written by ``sam_nnunet distill`` (MMDKD from a teacher) or MobileSAM's
-  ``mobile_sam.pt``; the TinyViT it supplies is frozen (batch norms keep their statistics), the modality bags,
-  neck, SPPG and QDMD train. Without a file the student trains from scratch, and the log says so.
-  ``SAM_NNUNET_CHECKPOINT=litemedsam`` (or the plans preset ``cpu_medsam``, which names it) is LiteMedSAM, a TinyViT
-  distilled from MedSAM: the paper's setting with a medical teacher (``light_encoder: tiny_vit_litemedsam``).
-* ``ESPMedSAMTeacherTrainer``: ESP-MedSAM-T: SAM's ViT-B (``SAM_NNUNET_CHECKPOINT=sam_vit_b_01ec64.pth``,
-  frozen) whose modality bags are the PEFT tokens and MLPs, with SPPG and QDMD. A trained teacher fold is a
-  teacher for ``sam_nnunet distill``.
-* The modality (which bag and query set run) is the dataset's: the plans' ``"modality"`` switch, dataset.json's
-  ``"imaging_modality"`` or its channel names (:func:`~sam_nnunet.modeling.modality_controller.resolve_modality`),
-  recorded with the model. Never the label; there is no per-image choice of the best mask.
-* 2d is the paper's setting; ``3d_fullres`` runs slice by slice. Region-based datasets are refused.
-
-Table VI rows by name (or the switches ``light_encoder``, ``controller``, ``patch_prompts``, ``modality_queries``
-in a plans' ``"sam_nnunet"`` block; ``encoder`` names the SAM ViT of the rows without MMDKD and of the teacher,
-so the CPU preset's ``vit_tiny`` applies to them and not to the student)::
-
-    row   trainer                           MMDKD  SPPG  QDMD
-    1     ESPMedSAMTrainer_Baseline           -      -     -     SAM ViT-B + SAM decoder
-    2     ESPMedSAMTrainer_MMDKD              x      -     -
-    3     ESPMedSAMTrainer_SPPG               -      x     -
-    4     ESPMedSAMTrainer_QDMD               -      -     x
-    5     ESPMedSAMTrainer_MMDKD_SPPG         x      x     -
-    6     ESPMedSAMTrainer_MMDKD_QDMD         x      -     x
-    7     ESPMedSAMTrainer_SPPG_QDMD          -      x     x
-    8     ESPMedSAMTrainer                    x      x     x     the paper's model
-
-Rows with MMDKD are the TinyViT student with its modality bags (distilled with ``sam_nnunet distill``); rows
-without are SAM's ViT-B without bags (frozen when a SAM checkpoint is given, i.e. the fine-tuned-decoder
-baseline). Epoch variants: ``ESPMedSAMTrainer_{1epoch,5epochs,...,250epochs}``.
+Network: :mod:`sam_nnunet.modeling.esp_medsam` (TinyViT + modality controller, SPPG, QDMD); losses:
+:mod:`sam_nnunet.training.losses`. ``ESPMedSAMTrainer`` is the student (ESP-MedSAM-S), whose TinyViT comes from
+``SAM_NNUNET_CHECKPOINT`` (a ``sam_nnunet distill`` file, MobileSAM's ``mobile_sam.pt`` or ``litemedsam``) and is
+frozen; ``ESPMedSAMTeacherTrainer`` is the teacher (ESP-MedSAM-T, SAM's ViT with the bags as PEFT). The modality is
+the dataset's (:func:`~sam_nnunet.modeling.modality_controller.resolve_modality`), recorded with the model. The
+Table VI rows are named below. The recipe, the table and the switches are in docs/trainers/esp_medsam.md.
 """
 from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV
 from sam_nnunet.modeling.modality_controller import resolve_modality
 from sam_nnunet.training.losses import ESPMedSAMLoss, FocalDiceLoss
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants
+from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_network_kwargs
 
 
 class ESPMedSAMTrainer(SAMTrainerBase):
@@ -96,9 +66,7 @@ class ESPMedSAMTeacherTrainer(ESPMedSAMTrainer):
 def _row(name: str, row: int, mmdkd: bool, sppg: bool, qdmd: bool) -> type:
     switches = {"light_encoder": "tiny_vit_5m" if mmdkd else None, "controller": mmdkd, "patch_prompts": sppg,
                 "modality_queries": qdmd}
-    kwargs = {**ESPMedSAMTrainer.default_network_kwargs, **switches}
-    return type(name, (ESPMedSAMTrainer,), {"default_network_kwargs": kwargs, "__module__": __name__,
-                                            "__doc__": f"Table VI row {row}: {switches}"})
+    return with_network_kwargs(ESPMedSAMTrainer, name, f"Table VI row {row}: {switches}", **switches)
 
 
 ESPMedSAMTrainer_Baseline = _row("ESPMedSAMTrainer_Baseline", 1, False, False, False)
@@ -109,6 +77,8 @@ ESPMedSAMTrainer_MMDKD_SPPG = _row("ESPMedSAMTrainer_MMDKD_SPPG", 5, True, True,
 ESPMedSAMTrainer_MMDKD_QDMD = _row("ESPMedSAMTrainer_MMDKD_QDMD", 6, True, False, True)
 ESPMedSAMTrainer_SPPG_QDMD = _row("ESPMedSAMTrainer_SPPG_QDMD", 7, False, True, True)
 
-# ESPMedSAMTrainer_1epoch, _5epochs, ..., _250epochs; ESPMedSAMTeacherTrainer_1epoch, ...
-globals().update(epoch_variants(ESPMedSAMTrainer))
-globals().update(epoch_variants(ESPMedSAMTeacherTrainer))
+(ESPMedSAMTrainer_1epoch, ESPMedSAMTrainer_5epochs, ESPMedSAMTrainer_10epochs, ESPMedSAMTrainer_20epochs,
+ ESPMedSAMTrainer_50epochs, ESPMedSAMTrainer_100epochs, ESPMedSAMTrainer_250epochs) = epoch_variants(ESPMedSAMTrainer)
+(ESPMedSAMTeacherTrainer_1epoch, ESPMedSAMTeacherTrainer_5epochs, ESPMedSAMTeacherTrainer_10epochs,
+ ESPMedSAMTeacherTrainer_20epochs, ESPMedSAMTeacherTrainer_50epochs, ESPMedSAMTeacherTrainer_100epochs,
+ ESPMedSAMTeacherTrainer_250epochs) = epoch_variants(ESPMedSAMTeacherTrainer)

@@ -1,38 +1,18 @@
 """PG-SAM trainers (shared/papers/003): ``nnUNetv2_train DATASET 2d FOLD -tr PGSAMTrainer``.
 
-Network: :mod:`sam_nnunet.modeling.pg_sam` (LoRA rank 4 SAM encoder, FGMPA, MLFF, IMO). Recipe, section 3.1:
-
-* AdamW, betas 0.9 / 0.999, weight decay 0.1, with nnU-Net's poly decay. The paper gives no learning
-  rate; 3e-4, the project's ViT rate (nnU-Net's 1e-2 diverges for ViTs), is used.
-* Loss, Eq. 8: (1 - lambda) CE + lambda Dice, lambda = 0.8, on the high- and the low-resolution output,
-  summed with weight 1 each.
-* Text prior: the class descriptions (:func:`sam_nnunet.modeling.text_prior.class_texts`: built-in per
-  label, or ``<nnUNet_preprocessed>/<dataset>/class_texts/<label>.txt``, or ``"class_texts"`` in the plans'
-  ``"sam_nnunet"`` block as {label: text}) are recorded in the plans saved with the model, encoded once in
-  :meth:`initialize` by the packaged all-MiniLM-L6-v2 (extra ``[text]``) and stored in the network's
-  weights, so prediction needs no text encoder.
-* 2d is the paper's setting; ``3d_fullres`` runs the network slice by slice. Region-based datasets are
-  refused (a softmax method, as the paper's multi-organ setting).
-
-Table 2 rows by name (or with the same switches in a plans' ``"sam_nnunet"`` block)::
-
-    row   trainer                      FGMPA  MLFF  IMO
-    I     PGSAMTrainer_Baseline          -     -     -     LoRA SAM + SAM decoder (SAMed-like)
-    II    PGSAMTrainer_FGMPA             x     -     -
-    III   PGSAMTrainer_FGMPA_MLFF        x     x     -
-    IV    PGSAMTrainer                   x     x     x     the paper's model
-
-Further switches, one trainer each: ``_LearnedClasses`` (learnable class embeddings instead of text),
-``_NoText`` (no class vectors: W_s = 1), ``_SpatialWeights`` (the paper's literal per-position W_s, which
-Gamma_channel cancels), ``_SignedUpdate`` (IMO updates in (-1, 1) instead of the paper's (0, 1)).
-Epoch variants: ``PGSAMTrainer_{1epoch,5epochs,...,250epochs}``.
+Network: :mod:`sam_nnunet.modeling.pg_sam` (LoRA SAM encoder, FGMPA, MLFF, IMO). The trainer adds the paper's
+recipe (AdamW, Eq. 8's loss on both outputs) and the text prior: the class descriptions
+(:func:`sam_nnunet.modeling.text_prior.class_texts`) are recorded in the plans saved with the model, encoded once in
+:meth:`initialize` by the packaged all-MiniLM-L6-v2 (extra ``[text]``) and stored in the network's weights, so
+prediction needs no text encoder. Table 2 rows (``PGSAMTrainer_Baseline``, ``_FGMPA``, ``_FGMPA_MLFF``) and the
+other switches are named below. The recipe, the table and the switches are in docs/trainers/pg_sam.md.
 """
 import os
 
 import numpy as np
 
 from sam_nnunet.modeling.text_prior import TEXT_ENCODER, TEXT_FOLDER, class_texts, encode_texts
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants
+from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_network_kwargs
 
 
 class PGSAMTrainer(SAMTrainerBase):
@@ -76,9 +56,7 @@ class PGSAMTrainer(SAMTrainerBase):
 
 
 def _variant(name: str, row: str, **switches) -> type:
-    kwargs = {**PGSAMTrainer.default_network_kwargs, **switches}
-    return type(name, (PGSAMTrainer,), {"default_network_kwargs": kwargs, "__module__": __name__,
-                                        "__doc__": f"{row}: {switches}"})
+    return with_network_kwargs(PGSAMTrainer, name, f"{row}: {switches}", **switches)
 
 
 PGSAMTrainer_Baseline = _variant("PGSAMTrainer_Baseline", "Table 2 row I", aligner=False, fusion=False,
@@ -90,5 +68,5 @@ PGSAMTrainer_NoText = _variant("PGSAMTrainer_NoText", "text ablation", text_prio
 PGSAMTrainer_SpatialWeights = _variant("PGSAMTrainer_SpatialWeights", "literal Eq. 1", aligner_weighting="spatial")
 PGSAMTrainer_SignedUpdate = _variant("PGSAMTrainer_SignedUpdate", "IMO update", optimizer_update="signed")
 
-# PGSAMTrainer_1epoch, _5epochs, _10epochs, _20epochs, _50epochs, _100epochs, _250epochs
-globals().update(epoch_variants(PGSAMTrainer))
+(PGSAMTrainer_1epoch, PGSAMTrainer_5epochs, PGSAMTrainer_10epochs, PGSAMTrainer_20epochs, PGSAMTrainer_50epochs,
+ PGSAMTrainer_100epochs, PGSAMTrainer_250epochs) = epoch_variants(PGSAMTrainer)

@@ -1,23 +1,12 @@
 """Self-Prompt-SAM trainers (shared/papers/002): ``nnUNetv2_train DATASET 3d_fullres FOLD -tr SelfPromptSAMTrainer``.
 
-Works for ``3d_fullres`` (the paper's setting: the D slices of a patch go through SAM together and
-the DFusedAdapters mix them) and ``2d`` (D = 1: the depth parts are off). The recipe is the paper's
-appendix D, which is nnU-Net's own:
-
-* SGD, lr 0.01, momentum 0.99 (Nesterov, as nnU-Net), weight decay 3e-5, poly decay; 1000 epochs x
-  250 iterations by default (``_250epochs`` etc. shorten it).
-* Loss: Dice + CE summed. Deep supervision on the MSPGenerator's outputs with weights halving per
-  resolution, normalised to 1 (Eq. 3).
-* Warm-up: the first 20 % of the epochs (200 of 1000) train only the generator's deep-supervision
-  loss; then the final (MC-Adapter) output's loss is added: L = L_final + L_generator. The ratio is
-  kept for other epoch counts (``_250epochs``: 50 warm-up epochs) and the phase follows
-  ``current_epoch``, so ``--c`` resumes in the right one. During warm-up SAM's prompting and decoder
-  are skipped (they would get no gradient) and validation scores the auxiliary mask; under DDP they
-  run with a 1e-6 weight instead, since DDP rejects parameters without gradient.
-
-Caveat from the project's experience: nnU-Net's SGD at lr 0.01 is known to diverge for ViTs trained
-in full. The paper fine-tunes adapters of a frozen pretrained SAM; without a checkpoint the whole
-encoder trains. ``SelfPromptSAMTrainer_AdamW`` (AdamW lr 3e-4, as HSPSAMTrainer) is the fallback.
+Works for ``3d_fullres`` (the paper's setting: the D slices of a patch go through SAM together and the
+DFusedAdapters mix them) and ``2d`` (D = 1: the depth parts are off). The recipe is the paper's appendix D, which
+is nnU-Net's own (SGD lr 0.01, Dice + CE, deep supervision on the MSPGenerator's outputs), with a warm-up: the
+first 20 % of the epochs train only the generator's deep-supervision loss, then the final (MC-Adapter) output's
+loss is added. The phase follows ``current_epoch``, so ``--c`` resumes in the right one. During warm-up SAM's
+prompting and decoder are skipped (they would get no gradient) and validation scores the auxiliary mask; under DDP
+they run with a 1e-6 weight instead, since DDP rejects parameters without gradient.
 
 Best checkpoint. nnU-Net writes ``checkpoint_best.pth`` when its EMA pseudo Dice (``ema_fg_dice``,
 0.9 * previous + 0.1 * this epoch's validation Dice) beats ``_best_ema``. During warm-up validation
@@ -28,23 +17,16 @@ becomes the new best, and that epoch's EMA is its own Dice (no warm-up epochs in
 full-phase epoch, and cleared if it holds a warm-up epoch (runs started before this rule), so a
 warm-up best is never kept as the final one.
 
-Ablations of Table 4 by name: ``SelfPromptSAMTrainer_S1`` ... ``_S9``, or with the same switches in
-a plans' ``"sam_nnunet"`` block (``prompt_generator``, ``adapter``, ``depth_pos_embed``,
-``modality_adapter``, ``mc_adapter``, ``generator_depth_mixing``). Each row adds one part to the
-row before, and every row runs the prompt generator per slice (``generator_depth_mixing=False``):
-otherwise the generator's 3x3x3 convolutions would mix slices in every row, and S3 (vanilla
-adapter) vs S6 (DFusedAdapter) could not isolate the depth mixing the table credits to the
-DFusedAdapter (reasoning in :mod:`sam_nnunet.modeling.self_prompt_sam`). ``SelfPromptSAMTrainer``
-itself (the full model) keeps the 3D generator: it is S9 + generator depth mixing, so S8 -> S9
-isolates the MC-Adapter and S9 -> ``SelfPromptSAMTrainer`` the generator's depth mixing.
+Table 4's rows (``SelfPromptSAMTrainer_S1`` ... ``_S9``), ``_AdamW`` (for a ViT trained in full without a
+checkpoint) and the epoch variants are named below. Every Table 4 row runs the prompt generator per slice
+(``generator_depth_mixing=False``), so that S3 (vanilla adapter) against S6 (DFusedAdapter) isolates the depth
+mixing the table credits to the DFusedAdapter (reasoning in :mod:`sam_nnunet.modeling.self_prompt_sam`). The
+recipe, the table and the switches are in docs/trainers/self_prompt_sam.md.
 """
-import os
-
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join
 
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_num_epochs
+from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_network_kwargs, with_num_epochs
 
 
 class SelfPromptSAMTrainer(SAMTrainerBase):
@@ -98,29 +80,27 @@ class SelfPromptSAMTrainer(SAMTrainerBase):
             self._restart_best_for_full_phase(resumed=starting and self.current_epoch > self.warmup_epochs)
 
     def _restart_best_for_full_phase(self, resumed: bool) -> None:
-        """``_best_ema`` of the full phase: cleared when it starts (warm-up scores were the auxiliary mask's), or on a
-        resume further in, the EMA of ``checkpoint_best.pth`` if that file holds a full-phase epoch."""
+        """``_best_ema`` of the full phase: cleared when it starts (warm-up scores were the auxiliary mask's); on a
+        resume further in, the best EMA logged in the full phase so far (nnU-Net writes ``checkpoint_latest.pth``
+        before its best check, so the ``_best_ema`` it restores can be a warm-up one or none). Read from the logger's
+        history, which the checkpoint carries: a full phase whose first EMA was not restarted (a run started before
+        this rule) may have left a warm-up epoch in ``checkpoint_best.pth``, so then the next epoch becomes the best."""
         previous = self._best_ema
-        best_epoch, best_ema = self._checkpoint_best_epoch_and_ema() if resumed else (None, None)
-        if best_epoch is not None and best_epoch >= self.warmup_epochs:
-            self._best_ema = best_ema
+        if resumed:
+            start, end = self.warmup_epochs, self.current_epoch
+            ema = self.logger.get_value("ema_fg_dice", step=None)[start:end]
+            restarted = bool(ema) and ema[0] == self.logger.get_value("mean_fg_dice", step=start)
+            if restarted:
+                self._best_ema = max(ema)
+                return
+            self._best_ema = None
+            self.print_to_log_file(f"Resumed in the full phase of a run whose EMA pseudo Dice was not restarted at "
+                                   f"epoch {start} (best EMA was {previous}, possibly a warm-up epoch's): the next "
+                                   f"epoch becomes the new best.")
             return
         self._best_ema = None
-        if resumed:
-            where = "none" if best_epoch is None else f"epoch {best_epoch}, a warm-up epoch"
-            self.print_to_log_file(f"Resumed in the full phase with no full-phase checkpoint_best.pth ({where}; best "
-                                   f"EMA pseudo Dice was {previous}): the next epoch becomes the new best.")
-        else:
-            self.print_to_log_file(f"Best EMA pseudo Dice reset (was {previous}, scored on the warm-up's auxiliary "
-                                   f"mask): the EMA restarts at this epoch's Dice, which becomes the new best.")
-
-    def _checkpoint_best_epoch_and_ema(self):
-        """(epoch, EMA pseudo Dice) that ``checkpoint_best.pth`` was written at, or (None, None) without one."""
-        path = join(self.output_folder, "checkpoint_best.pth")
-        if not os.path.isfile(path):
-            return None, None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        return checkpoint["current_epoch"] - 1, checkpoint["_best_ema"]  # nnU-Net stores "next epoch"
+        self.print_to_log_file(f"Best EMA pseudo Dice reset (was {previous}, scored on the warm-up's auxiliary "
+                               f"mask): the EMA restarts at this epoch's Dice, which becomes the new best.")
 
     def on_train_epoch_start(self):
         self._apply_phase()
@@ -133,12 +113,11 @@ class SelfPromptSAMTrainer(SAMTrainerBase):
 
     def _restart_ema(self) -> None:
         """The first full-phase epoch's EMA pseudo Dice is its own Dice: no warm-up epoch enters the full phase's EMA,
-        from which nnU-Net picks checkpoint_best.pth."""
+        from which nnU-Net picks checkpoint_best.pth. Logged again for this epoch through nnU-Net's logger (which
+        prints that it replaces a value), so every logger it holds (e.g. W&B) gets the restarted value."""
         epoch, dice = self.current_epoch, self.logger.get_value("mean_fg_dice", step=-1)
-        history = getattr(self.logger, "local_logger", self.logger).my_fantastic_logging
-        history["ema_fg_dice"][epoch] = dice
-        for other in getattr(self.logger, "loggers", []):  # e.g. W&B: the value it was sent before is replaced
-            other.log("ema_fg_dice", dice, epoch)
+        self.print_to_log_file(f"EMA pseudo Dice restarted at this epoch's Dice ({np.round(dice, decimals=4)}).")
+        self.logger.log("ema_fg_dice", dice, epoch)
 
     def on_train_end(self):
         self._network().use_sam_decoder = True  # the final validation and inference use the full model
@@ -153,9 +132,7 @@ class SelfPromptSAMTrainer_AdamW(SelfPromptSAMTrainer):
 
 
 def _ablation(name: str, **switches) -> type:
-    kwargs = {**SelfPromptSAMTrainer.default_network_kwargs, **switches}
-    return type(name, (SelfPromptSAMTrainer,), {"default_network_kwargs": kwargs, "__module__": __name__,
-                                                "__doc__": f"Table 4 {name.rsplit('_', 1)[1]}: {switches}"})
+    return with_network_kwargs(SelfPromptSAMTrainer, name, f"Table 4 {name.rsplit('_', 1)[1]}: {switches}", **switches)
 
 
 # Table 4: each row adds one part to the row before; none mixes slices in the generator (module docstring)
@@ -173,7 +150,8 @@ SelfPromptSAMTrainer_S7 = _ablation("SelfPromptSAMTrainer_S7", **dict(_S6, depth
 SelfPromptSAMTrainer_S8 = _ablation("SelfPromptSAMTrainer_S8", **dict(_S6, depth_pos_embed=True, modality_adapter=True))
 SelfPromptSAMTrainer_S9 = _ablation("SelfPromptSAMTrainer_S9", generator_depth_mixing=False)
 
-# SelfPromptSAMTrainer_1epoch, _5epochs, _10epochs, _20epochs, _50epochs, _100epochs, _250epochs
-globals().update(epoch_variants(SelfPromptSAMTrainer))
+(SelfPromptSAMTrainer_1epoch, SelfPromptSAMTrainer_5epochs, SelfPromptSAMTrainer_10epochs,
+ SelfPromptSAMTrainer_20epochs, SelfPromptSAMTrainer_50epochs, SelfPromptSAMTrainer_100epochs,
+ SelfPromptSAMTrainer_250epochs) = epoch_variants(SelfPromptSAMTrainer)
 SelfPromptSAMTrainer_AdamW_20epochs = with_num_epochs(SelfPromptSAMTrainer_AdamW, 20)
 SelfPromptSAMTrainer_AdamW_50epochs = with_num_epochs(SelfPromptSAMTrainer_AdamW, 50)

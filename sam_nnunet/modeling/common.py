@@ -77,3 +77,18 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return traceable_instance_norm(self, x) if torch.jit.is_tracing() else super().forward(x)
+
+
+def bare_network(network: nn.Module) -> nn.Module:
+    """``network`` without the wrappers nnU-Net may put around it: DDP / DataParallel (``.module``) and
+    ``torch.compile`` (``._orig_mod``, which ``nnUNet_compile=true`` adds), however nested."""
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if isinstance(network, (DataParallel, DistributedDataParallel)):
+            network = network.module
+        elif isinstance(network, OptimizedModule):
+            network = network._orig_mod
+        else:
+            return network

@@ -67,7 +67,7 @@ from segment_anything.modeling.prompt_encoder import PromptEncoder
 from torch import nn
 
 from .auto_prompts import prompts_from_masks
-from .checkpoint import LoadReport, freeze_supplied
+from .checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
 from .common import Outputs, check_channels, fold_depth, pad_to_multiple, padded_size
 from .depth_encoder import DepthAdaptedImageEncoder
 from .image_encoder import build_sam_neck
@@ -274,6 +274,20 @@ class SelfPromptSAM(nn.Module):
         if key.startswith(("prompt_encoder.", "mask_decoder.")):
             return [key]
         return []
+
+    def load_pretrained(self, path) -> LoadReport:
+        """A SAM / MedSAM ViT file, or a TinyViT file's prompt encoder and mask decoder
+        (:func:`~.checkpoint.load_sam_checkpoint`, which reads ``takes_sam_decoder_alone``)."""
+        return load_sam_checkpoint(self, path)
+
+    def trainable_parts(self) -> dict:
+        """Trainable parameter count per part (top-level module: encoder, neck, prompt_generator, ...)."""
+        parts: dict = {}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                part = name.split(".", 1)[0]
+                parts[part] = parts.get(part, 0) + p.numel()
+        return parts
 
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
         """Freeze every SAM weight the checkpoint supplied; the added blocks and SAM weights the file lacked

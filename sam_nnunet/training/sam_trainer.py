@@ -63,7 +63,7 @@ import json
 import os
 import random
 from pydoc import locate
-from typing import Dict, Optional, Type
+from typing import Dict, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -76,13 +76,14 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
-from torch._dynamo import OptimizedModule
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, file_fingerprint, load_sam_checkpoint
+from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV, file_fingerprint
+from sam_nnunet.modeling.common import bare_network
+from sam_nnunet.modeling.interface import missing_members
 from sam_nnunet.modeling.pretrained_files import PRETRAINED_FILES, named_file, resolve_checkpoint
 from sam_nnunet.plans import TRAINING_KEY
 from sam_nnunet.training.lr_schedules import ExponentialLRScheduler
+from sam_nnunet.training.numerics import flush_denormal
 from sam_nnunet.training.safeguards import NonFiniteGuard, SaveSchedule
 
 SEED_ENV = "SAM_NNUNET_SEED"
@@ -160,10 +161,6 @@ class SAMTrainerBase(nnUNetTrainer):
             torch.manual_seed(int(seed))
         # our own copy: the architecture is recorded into it, and the caller may build other trainers from its dict
         super().__init__(copy.deepcopy(plans), configuration, fold, dataset_json, device)
-        if self.device.type == "cpu" and torch.set_flush_denormal(True):
-            # attention softmax produces subnormal floats as it sharpens; CPU arithmetic on them is
-            # many times slower (epochs grew from 10 s to 90 s in a Self-Prompt-SAM run without this)
-            self.print_to_log_file("CPU: subnormal floats flushed to zero (torch.set_flush_denormal).")
         if seed not in (None, ""):
             self.print_to_log_file(f"{SEED_ENV}={seed}")
         self.initial_lr = self.base_learning_rate
@@ -280,15 +277,20 @@ class SAMTrainerBase(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        """Same signature as nnU-Net >= 2.6 (also called by ``nnUNetv2_predict``)."""
-        return cls._network_cls()(num_input_channels=num_input_channels, num_classes=num_output_channels,
-                                  deep_supervision=enable_deep_supervision,
-                                  **cls.network_kwargs(configuration_manager))
+        """Same signature as nnU-Net >= 2.6 (also called by ``nnUNetv2_predict``). The network must be a
+        :class:`~sam_nnunet.modeling.interface.SAMNetwork`: the trainer uses nothing else of it."""
+        network = cls._network_cls()(num_input_channels=num_input_channels, num_classes=num_output_channels,
+                                     deep_supervision=enable_deep_supervision,
+                                     **cls.network_kwargs(configuration_manager))
+        missing = missing_members(network)
+        if missing:
+            raise TypeError(f"{cls.__name__}: network {cls.network_class} lacks {missing} of the SAMNetwork interface "
+                            f"(sam_nnunet.modeling.interface) that the trainers use")
+        return network
 
     def _network(self) -> nn.Module:
         """The network without DDP / torch.compile wrappers (also before nnU-Net has wrapped it)."""
-        mod = self.network.module if isinstance(self.network, DDP) else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+        return bare_network(self.network)
 
     # ------------------------------------------------------------------ weights, optimiser, loss
     def initialize(self):
@@ -315,8 +317,7 @@ class SAMTrainerBase(nnUNetTrainer):
             if known is not None:
                 self.print_to_log_file(f"Pretrained weights {known.name!r}: {known.filename} ({known.size:,} bytes, "
                                        f"SHA-256 {known.sha256}, verified; {known.licence}; {known.source}).")
-            load = getattr(net, "load_pretrained", None)  # networks whose files are not SAM ViTs load their own
-            report = load(self.sam_checkpoint) if load is not None else load_sam_checkpoint(net, self.sam_checkpoint)
+            report = net.load_pretrained(self.sam_checkpoint)
             self.print_to_log_file(report.format())
             if self.freeze_pretrained:
                 frozen, trainable = net.freeze_pretrained(report)
@@ -422,10 +423,8 @@ class SAMTrainerBase(nnUNetTrainer):
         latest = join(self.output_folder, "checkpoint_latest.pth")
         if all(torch.isfinite(p).all() for p in net.parameters()):
             # the bad updates were skipped, so these are the weights after the last finite step; saved so that
-            # --c repeats this epoch from them (nnU-Net stores "next epoch" = current_epoch + 1)
-            self.current_epoch -= 1
-            self.save_checkpoint(latest)
-            self.current_epoch += 1
+            # --c repeats this epoch from them
+            self._save_latest_resuming_at(self.current_epoch)
             kept = (f"Their updates were skipped, so the weights are the last finite ones (after step "
                     f"{guard.last_finite_step or 0} of this run); they are saved in {latest}.")
         elif isfile(latest):
@@ -438,6 +437,16 @@ class SAMTrainerBase(nnUNetTrainer):
                    f"AMP), check the data for NaN/inf, then resume with --c.")
         self.print_to_log_file("ERROR: " + message)
         raise TrainingDiverged(message)
+
+    def _save_latest_resuming_at(self, epoch: int) -> None:
+        """``checkpoint_latest.pth`` from which ``--c`` starts at ``epoch`` (nnU-Net stores ``current_epoch + 1``, the
+        next epoch, as its on_train_end does)."""
+        now = self.current_epoch
+        self.current_epoch = epoch - 1
+        try:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        finally:
+            self.current_epoch = now
 
     def save_checkpoint(self, filename: str) -> None:
         bad = [n for n, p in self._network().named_parameters() if not torch.isfinite(p).all()]
@@ -459,9 +468,7 @@ class SAMTrainerBase(nnUNetTrainer):
         super().on_epoch_end()  # nnU-Net: logs, checkpoint_latest every save_every epochs, checkpoint_best
         schedule = self._save_schedule
         if epoch != self.num_epochs - 1 and not schedule.by_epochs(epoch) and schedule.by_time():
-            self.current_epoch -= 1  # as nnU-Net's on_train_end: the checkpoint stores "next epoch" = this + 1
-            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
-            self.current_epoch += 1
+            self._save_latest_resuming_at(self.current_epoch)  # nnU-Net has moved on to the next epoch
             self.print_to_log_file(f"checkpoint_latest.pth written ({schedule.every_minutes} minutes since the last).")
 
     def _run_info(self) -> dict:
@@ -494,6 +501,14 @@ class SAMTrainerBase(nnUNetTrainer):
         self._resumed = True
         super().load_checkpoint(filename_or_checkpoint)
 
+    def run_training(self):
+        with flush_denormal(self.device, self.print_to_log_file):  # CPU: subnormals are slow (numerics module)
+            super().run_training()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        with flush_denormal(self.device):
+            super().perform_actual_validation(save_probabilities)
+
     def on_train_start(self):
         existing = [f for f in ("checkpoint_final.pth", "checkpoint_latest.pth")
                     if isfile(join(self.output_folder, f))]
@@ -522,11 +537,20 @@ class TrainingDiverged(RuntimeError):
 EPOCH_VARIANTS = (1, 5, 10, 20, 50, 100, 250)
 
 
-def epoch_variants(base: Type[SAMTrainerBase], epochs=EPOCH_VARIANTS) -> Dict[str, Type[SAMTrainerBase]]:
-    """``{"<base>_1epoch": ..., "<base>_5epochs": ...}``, to publish in a trainer module's namespace
-    (nnU-Net finds trainers by attribute name)."""
-    variants = (with_num_epochs(base, n) for n in epochs)
-    return {cls.__name__: cls for cls in variants}
+def epoch_variants(base: Type[SAMTrainerBase], epochs=EPOCH_VARIANTS) -> Tuple[Type[SAMTrainerBase], ...]:
+    """``base`` with each epoch count of ``epochs`` (``<base>_1epoch``, ``<base>_5epochs``, ...), in that order, for a
+    trainer module to bind to names that say the same (nnU-Net finds trainers by attribute name; a test checks that
+    every name is its class's)."""
+    return tuple(with_num_epochs(base, n) for n in epochs)
+
+
+def with_network_kwargs(base: Type[SAMTrainerBase], name: str, doc: str, attributes: Optional[dict] = None,
+                        **switches) -> Type[SAMTrainerBase]:
+    """``base`` whose network takes ``switches`` over the base's ``default_network_kwargs``: an ablation row, named
+    ``name``. ``attributes`` sets other class attributes of the row (e.g. ``supervised_outputs``)."""
+    kwargs = {**base.default_network_kwargs, **switches}
+    return type(name, (base,), {"default_network_kwargs": kwargs, "__module__": base.__module__, "__doc__": doc,
+                                **(attributes or {})})
 
 
 def with_num_epochs(base: Type[SAMTrainerBase], num_epochs: int) -> Type[SAMTrainerBase]:

@@ -2,15 +2,12 @@
 nnU-Net's planning and preprocessing (NaturalImage2DIO), nnUNetv2_train and nnUNetv2_predict on PNG."""
 import hashlib
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import torch
 from PIL import Image
-
-from sam_nnunet import trainers_folder
 
 PLANS = "nnUNetPlans_SAMcpu"
 
@@ -21,12 +18,10 @@ def run(cmd, env):
     return proc
 
 
-def test_hsp_sam_trains_and_predicts_rgb_polyp_pngs(kvasir, nnunet_env):
+def test_hsp_sam_trains_and_predicts_rgb_polyp_pngs(kvasir, nnunet_env, nnunet_command_env):
     source = kvasir(6)
-    env = dict(os.environ, **{k: str(v) for k, v in nnunet_env.items()}, nnUNet_extTrainer=trainers_folder(),
-               nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", nnUNet_compile="false", SAM_NNUNET_SEED="0",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1")
-    env.pop("SAM_NNUNET_CHECKPOINT", None)
+    env = nnunet_command_env(nnunet_env, nnUNet_def_n_proc=1, SAM_NNUNET_SEED=0, SAM_NNUNET_ITERATIONS_PER_EPOCH=2,
+                             SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=1)
     sam_nnunet = [sys.executable, "-m", "sam_nnunet.cli"]
     run([*sam_nnunet, "convert-kvasir", "-i", str(source), "-d", "311"], env)
     run(["nnUNetv2_plan_and_preprocess", "-d", "311", "-c", "2d", "-np", "1"], env)
@@ -57,8 +52,8 @@ def test_hsp_sam_trains_and_predicts_rgb_polyp_pngs(kvasir, nnunet_env):
     assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in pred_in.iterdir()}
 
 
-def test_student_distilled_from_mobile_sam_on_kvasir_pngs(kvasir, nnunet_env, tmp_path, mobile_sam, official_sam,
-                                                         small_encoder):
+def test_student_distilled_from_mobile_sam_on_kvasir_pngs(kvasir, nnunet_env, nnunet_command_env, tmp_path, mobile_sam,
+                                                         official_sam, small_encoder):
     """convert-kvasir (writes imaging_modality "endoscopy"), plan; distill a student started from a MobileSAM-layout
     file (--init) on the polyps with a SAM-layout teacher; ESPMedSAMTrainer loads it (TinyViT frozen); predict a PNG.
     (The teacher-fold path, 1-channel data and --c are tested on ACDC: tests/training/test_distill.py.)"""
@@ -67,9 +62,8 @@ def test_student_distilled_from_mobile_sam_on_kvasir_pngs(kvasir, nnunet_env, tm
     torch.save(mobile_sam().state_dict(), tmp_path / "mobile_sam.pt")
     torch.save(official_sam()[1], tmp_path / "sam.pth")  # the registry's test-sized ViT (small_encoder), 256 wide
     source = kvasir(6)
-    env = dict(os.environ, **{k: str(v) for k, v in nnunet_env.items()}, nnUNet_extTrainer=trainers_folder(),
-               nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", nnUNet_compile="false", SAM_NNUNET_SEED="0",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1")
+    env = nnunet_command_env(nnunet_env, nnUNet_def_n_proc=1, SAM_NNUNET_SEED=0, SAM_NNUNET_ITERATIONS_PER_EPOCH=2,
+                             SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=1)
     sam_nnunet = [sys.executable, "-m", "sam_nnunet.cli"]
     run([*sam_nnunet, "convert-kvasir", "-i", str(source), "-d", "311"], env)
     raw = nnunet_env["nnUNet_raw"] / "Dataset311_KvasirSEG"

@@ -2,6 +2,7 @@
 import copy
 import inspect
 import json
+import re
 
 import pytest
 import torch
@@ -34,6 +35,27 @@ def test_nnunet_finds_every_trainer_by_name_and_none_clashes(acdc_env):
     for name in names:
         cls = recursive_find_trainer_class_by_name(name)
         assert cls.__name__ == name and issubclass(cls, SAMTrainerBase), name  # not one of nnU-Net's own
+
+
+@pytest.mark.parametrize("module", ["HSPSAMTrainer", "SelfPromptSAMTrainer", "PGSAMTrainer", "ESPMedSAMTrainer"])
+def test_every_trainer_is_bound_to_its_own_name_written_out(module):
+    """nnU-Net finds a trainer by the module attribute's name: every SAM trainer class of a trainer module is bound to
+    the name it reports, and that name is written in the module, so that grep finds every class nnU-Net can load."""
+    import importlib.util
+
+    from sam_nnunet import trainers_folder
+
+    path = f"{trainers_folder()}/{module}.py"
+    spec = importlib.util.spec_from_file_location(f"_{module}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    source = open(path).read()
+    trainers = {n: c for n, c in vars(mod).items() if inspect.isclass(c) and issubclass(c, SAMTrainerBase)
+                and c is not SAMTrainerBase}
+    assert {module, f"{module}_1epoch", f"{module}_250epochs"} <= set(trainers)
+    for name, cls in trainers.items():
+        assert cls.__name__ == name, f"{module}.{name} is the class {cls.__name__}"
+        assert re.search(rf"\b{name}\b", source), f"{name} is not written out in {path}"
 
 
 def test_trainer_module_does_not_import_networks(tmp_path):

@@ -177,8 +177,9 @@ RESUME_CASES = {  # warm-up epochs, epoch of the crash, validation Dice per epoc
     "at_the_phase_change": (2, 2, [0.9, 0.9, 0.5], 2, 0.5, "Best EMA pseudo Dice reset (was 0.9"),
     # EMA 0.9 | 0.5 (restarted) | 0.46: the full phase's best, epoch 1, stays
     "further_in": (1, 2, [0.9, 0.5, 0.1], 1, 0.5, None),
-    # the same, as a run started before the phase rule left it: warm-up best in both files, so epoch 2 replaces it
-    "further_in_legacy_warmup_best": (1, 2, [0.9, 0.5, 0.1], 2, 0.46, "(epoch 0, a warm-up epoch"),
+    # the same, as a run started before the phase rule left it: warm-up best in both files and an EMA that was not
+    # restarted (0.9 | 0.86), so epoch 2 replaces it (EMA 0.9 * 0.86 + 0.1 * 0.1)
+    "further_in_legacy_warmup_best": (1, 2, [0.9, 0.5, 0.1], 2, 0.784, "whose EMA pseudo Dice was not restarted"),
 }
 
 
@@ -194,7 +195,8 @@ def test_resume_into_the_full_phase_does_not_bring_back_a_warmup_best(acdc_env, 
         for name, update in (("checkpoint_best.pth", {"current_epoch": 1}), ("checkpoint_latest.pth", {})):
             path = os.path.join(t.output_folder, name)
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            torch.save({**checkpoint, **update, "_best_ema": 0.9}, path)
+            logging = dict(checkpoint["logging"], ema_fg_dice=[0.9, 0.9 * 0.9 + 0.1 * 0.5])
+            torch.save({**checkpoint, **update, "_best_ema": 0.9, "logging": logging}, path)
     restored = torch.load(latest, map_location="cpu", weights_only=False)
     assert restored["current_epoch"] == crash_at
     assert (restored["_best_ema"] == pytest.approx(0.9)) == (case != "further_in")  # what nnU-Net would keep
