@@ -10,7 +10,7 @@ against 16 ms through oneDNN; 1x3x3 on one slice of 128 x 128, 8 channels, 1.9 m
 
 Where the fallback is the faster one, nothing changes: 1x1(x1) kernels (0.05 ms against 0.30 ms
 for the MC-Adapter's) and 2D convolutions, whose native path is good (the MAdapter's 3x3 on one
-input channel: 0.28 ms against 1.7 ms), keep torch's choice. docs/benchmarks.md has the network
+input channel: 0.28 ms against 1.7 ms), keep torch's choice. docs/benchmark_log.md has the network
 A/B.
 
 :class:`Conv3d` is ``nn.Conv3d`` (same parameters and state-dict keys) and calls

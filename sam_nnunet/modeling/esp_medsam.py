@@ -87,7 +87,7 @@ class ESPMedSAM(nn.Module):
                 channel rescaled to [0, 1], what LiteMedSAM's encoder saw: :func:`~.litemedsam.scale_to_unit_range`).
             encoder_scale: s, the TinyViT sees the input resized by s (0.5: a quarter of the pixels, so about a
                 quarter of the encoder's cost); the masks are brought back to the input's size. LiteMedSAM's stride-1
-                stem makes its encoder ~90x a vit_tiny_p8's FLOPs per pixel; docs/benchmarks.md measures what s = 0.5
+                stem makes its encoder ~90x a vit_tiny_p8's FLOPs per pixel; docs/benchmark_log.md measures what s = 0.5
                 costs its prior (box-prompt Dice on ACDC).
             deep_supervision: also return the patch logits (when SPPG is on).
         """

@@ -12,7 +12,7 @@ preprocessing clips an MR image to its 0.5 and 99.5 percentiles and rescales it 
 hands the network z-scored patches (MRI) instead. The networks that load the prior rescale each sample and
 channel of their input to [0, 1] by its own minimum and maximum: no parameters, no statistics of the dataset, and
 the same for any normalisation nnU-Net chose (z-score, CT window, RGB /255). Measured on shipped ACDC slices
-(docs/benchmarks.md, "LiteMedSAM's prior"): with a ground-truth box, z-scored slices rescaled this way give the
+(docs/benchmark_log.md, "LiteMedSAM's prior"): with a ground-truth box, z-scored slices rescaled this way give the
 LV-cavity Dice of the percentile-clipped originals, while z-scores fed as they are lose most of it. The RGB stem
 is mapped onto nnU-Net's channels by the loader (summed for one channel: a grey image as three equal channels).
 """

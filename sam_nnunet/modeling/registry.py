@@ -50,7 +50,7 @@ ENCODERS: Dict[str, EncoderConfig] = {
     "vit_tiny_p8": EncoderConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
                                  patch_size=8, decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4, pretrained=False),
     # vit_tiny_p8 at twice the width (128): HSP-SAM with it has 1.43 M parameters and takes 0.61 GFLOPs per
-    # 128 x 128 patch (vit_tiny_p8: 0.76 M, 0.24); screened for issue #18 and dropped (docs/benchmarks.md)
+    # 128 x 128 patch (vit_tiny_p8: 0.76 M, 0.24); screened for issue #18 and dropped (docs/benchmark_log.md)
     "vit_tiny_wide_p8": EncoderConfig(embed_dim=128, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=8,
                                       patch_size=8, decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4,
                                       pretrained=False),

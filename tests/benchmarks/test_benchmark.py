@@ -306,7 +306,7 @@ def test_the_cpu_preset_trains_hsp_sam_and_self_prompt_sam_refuses_it(acdc_env, 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (SCRIPT.parent / "presets").glob("*.json")))
 def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, preset, tmp_path):
-    """Every preset in benchmarks/presets (screened in docs/benchmarks.md, or next to be): its plans derive from
+    """Every preset in benchmarks/presets (screened in docs/benchmark_log.md, or next to be): its plans derive from
     nnU-Net's, and the trainer its training block names (HSPSAMTrainer if none) builds its network with the preset's
     switches, applies its training settings (a named prior loaded) and takes a finite training step on ACDC patches
     of its patch size."""
