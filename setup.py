@@ -7,8 +7,9 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["sam_nnunet", "sam_nnunet.modeling", "sam_nnunet.training", "sam_nnunet.datasets",
-              "sam_nnunet.evaluation", "sam_nnunet.trainers", "sam_nnunet.plans_presets"],
+    packages=["sam_nnunet", "sam_nnunet.modeling", "sam_nnunet.modeling.blocks", "sam_nnunet.modeling.weights",
+              "sam_nnunet.training", "sam_nnunet.datasets", "sam_nnunet.evaluation", "sam_nnunet.export",
+              "sam_nnunet.submission", "sam_nnunet.trainers", "sam_nnunet.plans_presets"],
     # the project's top-level trainers/ and plans/ folders install inside the package
     package_dir={"sam_nnunet.trainers": "trainers", "sam_nnunet.plans_presets": "plans"},
     package_data={"sam_nnunet.plans_presets": ["*.json"]},

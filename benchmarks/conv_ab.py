@@ -1,4 +1,4 @@
-"""Before/after of ``sam_nnunet.modeling.conv.Conv3d`` (batch-1 3D convolutions through oneDNN on CPU).
+"""Before/after of ``sam_nnunet.modeling.blocks.conv.Conv3d`` (batch-1 3D convolutions through oneDNN on CPU).
 
 One process, one network, same weights and input; the routing is switched off and on in alternation
 (``rounds`` x ``calls`` each), so machine noise hits both alike:
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-import sam_nnunet.modeling.conv as conv
+import sam_nnunet.modeling.blocks.conv as conv
 from sam_nnunet.modeling.self_prompt_sam import SelfPromptSAM
 
 ONEDNN = conv._MKLDNN_CONV

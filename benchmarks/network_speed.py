@@ -58,7 +58,7 @@ def count_flops(fn) -> int:
     """FLOPs of one call of ``fn`` (run once more, outside the timing)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sam_nnunet.modeling.conv import FLOP_FORMULAS
+    from sam_nnunet.modeling.blocks.conv import FLOP_FORMULAS
 
     counter = FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS)
     with counter:
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     net = locate(NETWORKS[args.network])(**kwargs)
     frozen = 0
     if args.checkpoint:
-        from sam_nnunet.modeling.pretrained_files import resolve_checkpoint
+        from sam_nnunet.modeling.weights.pretrained_files import resolve_checkpoint
 
         frozen, _ = net.freeze_pretrained(net.load_pretrained(resolve_checkpoint(args.checkpoint)))
     net = net.to(device)

@@ -53,7 +53,7 @@ def init_fold(dataset: str, trainer: str, plans: str, configuration: str) -> Non
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from sam_nnunet.export import save_fold
+    from sam_nnunet.export.model import save_fold
 
     t = get_trainer_from_args(dataset, configuration, 0, trainer, plans, device=torch.device("cpu"))
     t.initialize()

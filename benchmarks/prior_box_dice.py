@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from sam_nnunet.modeling.litemedsam import PromptableLiteSAM, scale_to_unit_range
-from sam_nnunet.modeling.pretrained_files import resolve_checkpoint
+from sam_nnunet.modeling.weights.pretrained_files import resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = {1: "RV", 2: "MLV", 3: "LVC"}

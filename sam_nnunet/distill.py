@@ -42,7 +42,7 @@ from torch import nn
 
 from sam_nnunet.modeling.common import pad_to_multiple
 from sam_nnunet.modeling.esp_medsam import CONTROLLER_PREFIX, ESPMedSAM
-from sam_nnunet.modeling.modality_controller import resolve_modality
+from sam_nnunet.modeling.blocks.modality_controller import resolve_modality
 
 _TO_MOBILE_SAM = ((re.compile(r"^patch_embed\.conv1\."), "patch_embed.seq.0."),
                   (re.compile(r"^patch_embed\.conv2\."), "patch_embed.seq.2."),
@@ -50,7 +50,7 @@ _TO_MOBILE_SAM = ((re.compile(r"^patch_embed\.conv1\."), "patch_embed.seq.0."),
 
 
 def to_mobile_sam_key(key: str) -> str:
-    """A :class:`~sam_nnunet.modeling.light_encoder.TinyViTEncoder` key -> MobileSAM's (inverse of
+    """A :class:`~sam_nnunet.modeling.blocks.light_encoder.TinyViTEncoder` key -> MobileSAM's (inverse of
     ``mobile_sam_key_map``), without the ``image_encoder.`` prefix."""
     for pattern, repl in _TO_MOBILE_SAM:
         key = pattern.sub(repl, key)
@@ -121,7 +121,7 @@ def load_teacher(model_folder: Optional[str] = None, fold: str = "0",
         raise ValueError("give exactly one teacher: --teacher-model FOLDER (a trained ESPMedSAMTeacherTrainer fold) "
                          "or --teacher-checkpoint SAM.pth")
     if model_folder is not None:
-        from sam_nnunet.export import load_fold_network
+        from sam_nnunet.export.model import load_fold_network
 
         network, _ = load_fold_network(model_folder, fold if fold == "all" else int(fold))
         if not isinstance(network, ESPMedSAM) or network.light:
@@ -129,7 +129,7 @@ def load_teacher(model_folder: Optional[str] = None, fold: str = "0",
                              f"{'with a TinyViT' if isinstance(network, ESPMedSAM) else ''}; the teacher must be an "
                              f"ESP-MedSAM network with a SAM ViT (trained with ESPMedSAMTeacherTrainer)")
     else:
-        from sam_nnunet.modeling.checkpoint import _name_of_size, checkpoint_encoder_size, read_sam_state_dict
+        from sam_nnunet.modeling.weights.checkpoint import _name_of_size, checkpoint_encoder_size, read_sam_state_dict
 
         embed_dim, depth = checkpoint_encoder_size(read_sam_state_dict(checkpoint))
         size = _name_of_size(embed_dim, depth)

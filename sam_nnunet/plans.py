@@ -22,7 +22,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 #: a configuration's training settings per trainer, from a preset's ``"training"`` block (read by ``SAMTrainerBase``)
 TRAINING_KEY = "sam_nnunet_training"

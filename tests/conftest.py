@@ -20,6 +20,7 @@ E2E_TESTS = (
     "tests/docker/test_image.py", "tests/docker/test_docker.py", "tests/datasets/test_kvasir_end_to_end.py",
     "tests/datasets/test_synapse.py::test_pg_sam_trains_and_predicts_on_converted_synapse",
     "tests/modeling/test_compile.py",
+    "tests/benchmarks/test_gpu_check.py::test_the_check_runs_on_cpu_at_tiny_sizes_and_writes_its_table",
 )
 #: fixtures that plan and preprocess data or train a model: a test that uses one (directly or through another
 #: fixture) is ``integration``
@@ -94,7 +95,7 @@ def command_env(folders: dict, **settings) -> dict:
     return env
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def nnunet_command_env():
     """:func:`command_env`, for test modules."""
     return command_env
@@ -259,7 +260,7 @@ def official_sam():
 @pytest.fixture
 def small_encoder(monkeypatch):
     """Registers 'vit_test': the ViT size of official_sam() with SAM's 256-wide decoder."""
-    from sam_nnunet.modeling import registry
+    from sam_nnunet.modeling.blocks import registry
 
     monkeypatch.setitem(registry.ENCODERS, "vit_test", registry.EncoderConfig(
         embed_dim=48, depth=4, num_heads=4, global_attn_indexes=(1, 3), window_size=4, pretrained=False))

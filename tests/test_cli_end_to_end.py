@@ -3,7 +3,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -22,6 +21,7 @@ def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.fault("training")
 def test_train_resume_predict_through_nnunet_cli(acdc_env):
     """convert + nnUNetv2_plan_and_preprocess + sam_nnunet plans ran in the acdc_preprocessed fixture."""
     paths = acdc_env

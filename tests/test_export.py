@@ -35,7 +35,7 @@ def test_export_keeps_only_what_inference_reads(trained_model, tmp_path):
 
 @pytest.mark.parametrize("broken", [{"network_weights": {}}, {"trainer_name": "x", "init_args": {}}])
 def test_slim_checkpoint_refuses_what_is_not_an_nnunet_checkpoint(broken):
-    from sam_nnunet.export import slim_checkpoint
+    from sam_nnunet.export.model import slim_checkpoint
 
     with pytest.raises(ValueError, match="not an nnU-Net training checkpoint"):
         slim_checkpoint(broken)

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-from sam_nnunet.image_checks import ImageCheckError, check_complete, grid_difference, read_header
+from sam_nnunet.submission.image_checks import ImageCheckError, check_complete, grid_difference, read_header
 
 pytestmark = pytest.mark.faults
 
@@ -78,3 +78,37 @@ def test_grid_difference_names_what_differs(acdc_volume, tmp_path):
     a, b, c = (read_header(tmp_path / f"{n}.mha") for n in "abc")
     assert grid_difference(a, b) is None
     assert grid_difference(a, c).startswith("origin ")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_non_finite_nifti_voxels_are_found_although_simpleitk_reads_them_as_zero(acdc_volume, tmp_path, value, suffix):
+    import nibabel as nib
+
+    source = nib.load(str(acdc_volume))
+    header = source.header.copy()
+    header.set_data_dtype(np.float32)  # float voxels, as an exported or resampled image has
+    voxels = np.asarray(source.dataobj, dtype=np.float32)
+    voxels[5, 6, 1] = value
+    path = tmp_path / f"bad{suffix}"
+    nib.save(nib.Nifti1Image(voxels, source.affine, header), str(path))
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).all()  # why the read array cannot be checked
+    with pytest.raises(ImageCheckError, match=rf"bad{suffix} holds NaN or infinite values \(1 voxels\)"):
+        check_complete(path)
+    voxels[5, 6, 1] = 0
+    nib.save(nib.Nifti1Image(voxels, source.affine, header), str(path))
+    check_complete(path)  # the same file, finite: complete
+    check_complete(acdc_volume)  # integer voxels cannot be NaN
+
+
+def test_entries_that_are_not_readable_files_say_what_they_are(tmp_path):
+    from sam_nnunet.submission.layouts import not_a_readable_file
+
+    (tmp_path / "file.nii.gz").write_bytes(b"x")
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (tmp_path / "loop.nii.gz").symlink_to(tmp_path / "loop.nii.gz")
+    (tmp_path / "folder.nii.gz").mkdir()
+    (tmp_path / "link.nii.gz").symlink_to(tmp_path / "file.nii.gz")
+    assert {p.name: not_a_readable_file(p) for p in sorted(tmp_path.iterdir())} == {
+        "dangling.nii.gz": f"a symbolic link to a missing file ({tmp_path / 'gone.nii.gz'})",
+        "file.nii.gz": "", "folder.nii.gz": "a folder", "link.nii.gz": "", "loop.nii.gz": "a symbolic link loop"}

@@ -22,10 +22,10 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
 from sam_nnunet import trainers_folder
 from sam_nnunet.cli import main as cli
-from sam_nnunet.export import save_fold
-from sam_nnunet.onnx_export import (INPUT_NAME, METADATA_FILE, OnnxExportError, export_network, export_onnx,
+from sam_nnunet.export.model import save_fold
+from sam_nnunet.export.onnx_model import (INPUT_NAME, METADATA_FILE, OnnxExportError, export_network, export_onnx,
                                     has_discrete_prompts, read_export)
-from sam_nnunet.onnx_predictor import make_predictor
+from sam_nnunet.export.onnx_predictor import make_predictor
 from sam_nnunet.training.sam_trainer import SAMTrainerBase
 
 CPU = torch.device("cpu")

@@ -22,10 +22,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-import sam_nnunet
 from sam_nnunet import NNUNET_FOLDERS, submission, trainers_folder
-from sam_nnunet.image_checks import read_header
 from sam_nnunet.submission import NaturalImages, SubmissionError, VolumeImages, grand_challenge_cases, main
+from sam_nnunet.submission.image_checks import read_header
 
 KVASIR = Path(os.environ.get("SAM_NNUNET_KVASIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"
                              / "Kvasir-SEG"))
@@ -68,22 +67,21 @@ def truncate(path, keep=0.5):
 
 
 # ------------------------------------------------------------------------------------------- models and inputs
-def nnunet_env(root):
-    """os.environ with nnU-Net folders under ``root`` and the settings of conftest's training fixtures."""
+def nnunet_env(root, command_env):
+    """(os.environ for nnU-Net's commands with its folders under ``root``, created, and the settings of conftest's
+    training fixtures; the folders). ``command_env``: conftest's, from the fixture ``nnunet_command_env``."""
     paths = {name: root / name for name in NNUNET_FOLDERS}
     for p in paths.values():
         p.mkdir(parents=True)
-    env = dict(os.environ, **sam_nnunet.nnunet_env(root), nnUNet_n_proc_DA="1", nnUNet_compile="false",
-               SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1", SAM_NNUNET_SEED="0")
-    env.pop("SAM_NNUNET_CHECKPOINT", None)
-    return env, paths
+    return command_env(paths, SAM_NNUNET_ITERATIONS_PER_EPOCH=2, SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH=1,
+                       SAM_NNUNET_SEED=0), paths
 
 
-def train_tiny_2d_model(root, convert_cmd, dataset_id):
+def train_tiny_2d_model(root, convert_cmd, dataset_id, command_env):
     """Convert, plan and preprocess (2d), derive the cpu_tiny SAM plans and train HSPSAMTrainer_1epoch (2
     iterations) on fold 0: the steps of conftest's ``acdc_preprocessed`` + ``trained_model``. Returns the
     trained-model folder."""
-    env, paths = nnunet_env(root)
+    env, paths = nnunet_env(root, command_env)
     d = str(dataset_id)
     for cmd in (convert_cmd,
                 ["nnUNetv2_plan_and_preprocess", "-d", d, "-c", "2d", "-np", "1"],
@@ -103,7 +101,7 @@ def kvasir_jpegs():
 
 
 @pytest.fixture(scope="session")
-def kvasir_model(tmp_path_factory):
+def kvasir_model(tmp_path_factory, nnunet_command_env):
     """An RGB (NaturalImage2DIO) model: the first real Kvasir-SEG pairs, downscaled 4x so that planning and
     validation stay quick, converted with ``sam_nnunet convert-kvasir`` and trained like ``trained_model``."""
     root = tmp_path_factory.mktemp("kvasir")
@@ -117,7 +115,8 @@ def kvasir_model(tmp_path_factory):
         with Image.open(KVASIR / "masks" / jpeg.name) as mask:
             binary = Image.fromarray(((np.asarray(mask.convert("L")) > 127) * 255).astype(np.uint8))
             binary.resize(size, Image.NEAREST).save(source / "masks" / jpeg.name, quality=100)
-    return train_tiny_2d_model(root, ["sam_nnunet", "convert-kvasir", "-i", str(source), "-d", "311"], 311)
+    return train_tiny_2d_model(root, ["sam_nnunet", "convert-kvasir", "-i", str(source), "-d", "311"], 311,
+                               nnunet_command_env)
 
 
 @pytest.fixture(scope="session")
@@ -331,6 +330,7 @@ def test_masks_are_written_under_a_temporary_name_and_renamed(volume_model, inpu
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("submission")
 def test_existing_masks_are_kept_unless_overwrite(volume_model, inputs, tmp_path, in_process, capsys):
     out = tmp_path / "output"
     out.mkdir()
@@ -374,15 +374,30 @@ def cut_tif(folder, m):
     truncate(write(m.crop, folder / "images" / "cine-mri" / "z.tif"))
 
 
-def with_value(value):
+def with_value(value, extension=".mha"):
     def build(folder, m):
-        write(m.crop, folder / "a.mha")
+        write(m.crop, folder / f"a{extension}")
         array = sitk.GetArrayFromImage(m.crop).astype(np.float32)
         array[1, 40, 50] = value
         bad = sitk.GetImageFromArray(array)
         bad.CopyInformation(m.crop)
-        write(bad, folder / "z.mha")
+        write(bad, folder / f"z{extension}")
     return build
+
+
+def dangling_link(folder, m):
+    write(m.crop, folder / "a.nii.gz")
+    (folder / "z.nii.gz").symlink_to(folder / "gone.nii.gz")
+
+
+def link_loop(folder, m):
+    write(m.crop, folder / "a.nii.gz")
+    (folder / "z.nii.gz").symlink_to(folder / "z.nii.gz")
+
+
+def folder_named_like_an_image(folder, m):
+    write(m.crop, folder / "a.nii.gz")
+    (folder / "z.nii.gz").mkdir()
 
 
 def two_components(folder, m):
@@ -460,6 +475,15 @@ BAD_INPUTS = [
     pytest.param("volume_model", cut_tif, "z.tif is truncated or corrupt", id="truncated-tif"),
     pytest.param("volume_model", with_value(np.nan), "z.mha holds NaN or infinite values", id="nan"),
     pytest.param("volume_model", with_value(np.inf), "z.mha holds NaN or infinite values", id="inf"),
+    # SimpleITK reads NIfTI's NaN and inf as 0: the check must not rely on the array the model reads
+    pytest.param("volume_model", with_value(np.nan, ".nii.gz"), "z.nii.gz holds NaN or infinite values (1 voxels)",
+                 id="nan-nii.gz"),
+    pytest.param("volume_model", with_value(-np.inf, ".nii"), "z.nii holds NaN or infinite values (1 voxels)",
+                 id="inf-nii"),
+    # entries named like an image that are not readable files: skipped, they would give fewer masks than inputs
+    pytest.param("volume_model", dangling_link, "input z.nii.gz is a symbolic link to a missing file", id="dangling-link"),
+    pytest.param("volume_model", link_loop, "input z.nii.gz is a symbolic link loop", id="link-loop"),
+    pytest.param("volume_model", folder_named_like_an_image, "input z.nii.gz is a folder", id="folder-named-nii.gz"),
     pytest.param("volume_model", two_components, "z.mha is a 3D 96x96x3 image with 2 component(s) of 16-bit signed "
                  "integer; the model expects 1 channel(s), each a scalar 2D/3D image", id="wrong-channel-count"),
     pytest.param("two_channel_model", channels_on_two_grids, "case 'z': z_0001.mha is not on the grid of z_0000.mha "
@@ -484,6 +508,7 @@ BAD_INPUTS = [
 
 @pytest.mark.faults
 @pytest.mark.parametrize("model_fixture, build, message", BAD_INPUTS)
+@pytest.mark.bad_input("submission")
 def test_bad_input_stops_the_run_before_anything_is_written(model_fixture, build, message, request, held_out_crops,
                                                             kvasir_photo, tmp_path, in_process, capsys,
                                                             monkeypatch):
@@ -503,6 +528,7 @@ def test_bad_input_stops_the_run_before_anything_is_written(model_fixture, build
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("submission")
 def test_empty_input_folder(volume_model, tmp_path, in_process, capsys):
     (tmp_path / "in").mkdir()
     rc, _, err = call_main(capsys, "--model", str(volume_model), "--input", str(tmp_path / "in"),
@@ -511,6 +537,7 @@ def test_empty_input_folder(volume_model, tmp_path, in_process, capsys):
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("submission")
 def test_unreadable_file_stops_before_writing_anything(exported_model, inputs, tmp_path):
     (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really")
     before = checksums(inputs)
@@ -521,12 +548,34 @@ def test_unreadable_file_stops_before_writing_anything(exported_model, inputs, t
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("submission")
 def test_output_inside_input_is_refused(volume_model, inputs, in_process, capsys):
     before = checksums(inputs)
     rc, _, err = call_main(capsys, "--model", str(volume_model), "--input", str(inputs), "--output",
                            str(inputs / "masks"))
     assert rc == 2 and "must not be the input folder or inside it" in err
     assert checksums(inputs) == before
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("options, message", [
+    (["--folds", "0", "3"], "fold(s) ['3'] of model {model} have no checkpoint_final.pth; the folds with one are ['0']"),
+    (["--checkpoint", "checkpoint_nothing.pth"], "model {model} holds no fold_X/checkpoint_nothing.pth"),
+    (["--output", "{blocker}/out"], "output folder {blocker}/out cannot be made: {blocker} is a file, not a folder"),
+], ids=["missing-fold", "missing-checkpoint", "output-under-a-file"])
+@pytest.mark.bad_input("submission")
+def test_model_and_output_problems_stop_the_run_after_the_checks_before_any_prediction(
+        options, message, volume_model, inputs, tmp_path, in_process, capsys):
+    """Found late, these cost every case's prediction and end in a traceback; they are checked up front."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder's parent should be")
+    before = checksums(inputs)
+    fill = {"model": volume_model, "blocker": blocker}
+    rc, out, err = call_main(capsys, "--model", str(volume_model), "--input", str(inputs), "--output",
+                             str(tmp_path / "out"), *[o.format(**fill) for o in options])  # a later --output wins
+    assert rc == 2 and message.format(**fill) in err, err
+    assert "checked" in out and "[1/" not in out  # the inputs were checked, nothing was predicted
+    assert not (tmp_path / "out").exists() and blocker.read_text().startswith("a file") and checksums(inputs) == before
 
 
 # ------------------------------------------------------------------------------------------- pieces

@@ -4,13 +4,14 @@ Network: :mod:`sam_nnunet.modeling.esp_medsam` (TinyViT + modality controller, S
 :mod:`sam_nnunet.training.losses`. ``ESPMedSAMTrainer`` is the student (ESP-MedSAM-S), whose TinyViT comes from
 ``SAM_NNUNET_CHECKPOINT`` (a ``sam_nnunet distill`` file, MobileSAM's ``mobile_sam.pt`` or ``litemedsam``) and is
 frozen; ``ESPMedSAMTeacherTrainer`` is the teacher (ESP-MedSAM-T, SAM's ViT with the bags as PEFT). The modality is
-the dataset's (:func:`~sam_nnunet.modeling.modality_controller.resolve_modality`), recorded with the model. The
+the dataset's (:func:`~sam_nnunet.modeling.blocks.modality_controller.resolve_modality`), recorded with the model. The
 Table VI rows are named below. The recipe, the table and the switches are in docs/trainers/esp_medsam.md.
 """
-from sam_nnunet.modeling.checkpoint import CHECKPOINT_ENV
-from sam_nnunet.modeling.modality_controller import resolve_modality
+from sam_nnunet.modeling.weights.checkpoint import CHECKPOINT_ENV
+from sam_nnunet.modeling.blocks.modality_controller import resolve_modality
 from sam_nnunet.training.losses import ESPMedSAMLoss, FocalDiceLoss
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_network_kwargs
+from sam_nnunet.training.sam_trainer import SAMTrainerBase
+from sam_nnunet.training.variants import epoch_variants, with_network_kwargs
 
 
 class ESPMedSAMTrainer(SAMTrainerBase):

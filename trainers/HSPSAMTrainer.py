@@ -6,7 +6,8 @@ level's output; the Table 5 rows (``HSPSAMTrainer_FtSAM``, ``_Ablation1`` ... ``
 output only), ``_QInput`` and the epoch variants are named below. The recipe, the table and the switches are in
 docs/trainers/hsp_sam.md.
 """
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_network_kwargs
+from sam_nnunet.training.sam_trainer import SAMTrainerBase
+from sam_nnunet.training.variants import epoch_variants, with_network_kwargs
 
 
 class HSPSAMTrainer(SAMTrainerBase):

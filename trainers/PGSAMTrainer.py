@@ -2,7 +2,7 @@
 
 Network: :mod:`sam_nnunet.modeling.pg_sam` (LoRA SAM encoder, FGMPA, MLFF, IMO). The trainer adds the paper's
 recipe (AdamW, Eq. 8's loss on both outputs) and the text prior: the class descriptions
-(:func:`sam_nnunet.modeling.text_prior.class_texts`) are recorded in the plans saved with the model, encoded once in
+(:func:`sam_nnunet.modeling.blocks.text_prior.class_texts`) are recorded in the plans saved with the model, encoded once in
 :meth:`initialize` by the packaged all-MiniLM-L6-v2 (extra ``[text]``) and stored in the network's weights, so
 prediction needs no text encoder. Table 2 rows (``PGSAMTrainer_Baseline``, ``_FGMPA``, ``_FGMPA_MLFF``) and the
 other switches are named below. The recipe, the table and the switches are in docs/trainers/pg_sam.md.
@@ -11,8 +11,9 @@ import os
 
 import numpy as np
 
-from sam_nnunet.modeling.text_prior import TEXT_ENCODER, TEXT_FOLDER, class_texts, encode_texts
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_network_kwargs
+from sam_nnunet.modeling.blocks.text_prior import TEXT_ENCODER, TEXT_FOLDER, class_texts, encode_texts
+from sam_nnunet.training.sam_trainer import SAMTrainerBase
+from sam_nnunet.training.variants import epoch_variants, with_network_kwargs
 
 
 class PGSAMTrainer(SAMTrainerBase):

@@ -26,7 +26,8 @@ recipe, the table and the switches are in docs/trainers/self_prompt_sam.md.
 import numpy as np
 import torch
 
-from sam_nnunet.training.sam_trainer import SAMTrainerBase, epoch_variants, with_network_kwargs, with_num_epochs
+from sam_nnunet.training.sam_trainer import SAMTrainerBase
+from sam_nnunet.training.variants import epoch_variants, with_network_kwargs, with_num_epochs
 
 
 class SelfPromptSAMTrainer(SAMTrainerBase):
@@ -85,6 +86,9 @@ class SelfPromptSAMTrainer(SAMTrainerBase):
         before its best check, so the ``_best_ema`` it restores can be a warm-up one or none). Read from the logger's
         history, which the checkpoint carries: a full phase whose first EMA was not restarted (a run started before
         this rule) may have left a warm-up epoch in ``checkpoint_best.pth``, so then the next epoch becomes the best."""
+        # _best_ema: nnU-Net's own best-checkpoint criterion (set in its constructor, saved in and restored from its
+        # checkpoints), written here because the paper's two phases score different outputs; nnU-Net has no hook
+        # for a new criterion
         previous = self._best_ema
         if resumed:
             start, end = self.warmup_epochs, self.current_epoch

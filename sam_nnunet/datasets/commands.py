@@ -1,7 +1,8 @@
 """``sam_nnunet convert-*`` subcommands for the dataset converters; ``register(subparsers)`` adds them.
 
-Default dataset ids sit in the 300s, clear of the ids nnU-Net's own conversion scripts use (MSD 1-10,
-27 ACDC, 112-121 ToothFairy2/road segmentation, 218-227 AMOS/KiTS/..., 996-999 integration tests):
+``convert-acdc`` keeps nnU-Net's id 27 (Dataset027_ACDC). The other default dataset ids sit in the 300s, clear of
+the ids nnU-Net's own conversion scripts use (MSD 1-10, 27 ACDC, 112-121 ToothFairy2/road segmentation, 218-227
+AMOS/KiTS/..., 996-999 integration tests):
 
     convert-synapse  301  Dataset301_Synapse8
     convert-amos     302 / 303 / 304  Dataset30x_AMOS22_CT / _MRI / _CTMRI (by --modality)
@@ -38,8 +39,22 @@ def _handler(converter: str, *options: str) -> Callable[[argparse.Namespace], in
     return run
 
 
+def cmd_convert_acdc(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.acdc import convert_acdc
+
+    convert_acdc(args.input, args.dataset_id, max_patients=args.patients, holdout=args.holdout)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add convert-synapse, convert-amos, convert-kvasir, convert-cvc and convert-isic to ``subparsers``."""
+    """Add convert-acdc, convert-synapse, convert-amos, convert-kvasir, convert-cvc and convert-isic to ``subparsers``."""
+    a = subparsers.add_parser("convert-acdc", help="ACDC (official layout) -> nnU-Net raw dataset + patient splits")
+    a.add_argument("-i", "--input", required=True, help="ACDC folder holding training/ (and testing/)")
+    a.add_argument("-d", "--dataset-id", type=int, default=27)
+    a.add_argument("--patients", type=int, default=None, help="use only the first N patients")
+    a.add_argument("--holdout", type=int, default=0, help="last N patients -> imagesTs/labelsTs")
+    a.set_defaults(func=cmd_convert_acdc)
+
     p = subparsers.add_parser("convert-synapse", help="Synapse/BTCV -> 8-organ nnU-Net dataset, TransUNet split")
     _common(p, "folder holding RawData/Training/img and RawData/Training/label", 301)
     p.set_defaults(func=_handler("synapse.convert_synapse"))

@@ -38,7 +38,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ValueError(f"--names needs one distinct name per prediction folder ({len(folders)}), got {names}")
     try:
         write_report(args.gt, dict(zip(names, folders)), args.out, labels=args.labels, label_names=args.label_names,
-                     missing=args.missing, hd95=args.hd95, num_processes=args.np)
+                     missing=args.missing, hd95=args.hd95, num_processes=args.np, overwrite=args.overwrite)
     except MonaiUnavailableError as e:  # an install to fix, not a crash: the CLI's user-error path (exit 2)
         raise ValueError(str(e)) from e
     return 0
@@ -92,5 +92,7 @@ def register(subparsers) -> None:
     rp.add_argument("--no-hd95", dest="hd95", action="store_false",
                     help="Dice only: no HD95, no MONAI needed (no boxplot_hd95.png or comparison.png)")
     rp.add_argument("-np", type=int, default=1, help="processes for evaluating cases (default 1)")
+    rp.add_argument("--overwrite", action="store_true",
+                    help="replace a report already in -o (its files are removed first); without it, refused")
     rp.set_defaults(func=cmd_report)
 

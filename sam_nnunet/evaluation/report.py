@@ -307,13 +307,20 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
         writer.writerows(rows)
 
 
+#: every file a report may write (which of the plots depends on HD95 and on the number of methods)
+REPORT_FILES = ("per_case.csv", "summary.csv", "summary.md", "boxplot_dice.png", "boxplot_hd95.png", "comparison.png")
+
+
 def write_report(gt_folder: str | Path, predictions: Mapping[str, str | Path], out_folder: str | Path, *,
                  labels: Optional[Sequence[int]] = None, label_names: Optional[Sequence[str]] = None,
-                 missing: str = "skip", hd95: bool = True, num_processes: int = 1) -> Dict[str, Path]:
+                 missing: str = "skip", hd95: bool = True, num_processes: int = 1,
+                 overwrite: bool = False) -> Dict[str, Path]:
     """Evaluate each ``predictions`` folder (method name -> folder) against ``gt_folder``; returns the files written.
 
     ``missing``: what a reference without a prediction means, one of :data:`MISSING_MODES` (module docstring).
-    ``hd95`` False: Dice only, without MONAI.
+    ``hd95`` False: Dice only, without MONAI. An ``out_folder`` that holds a report already is refused before
+    anything is computed, unless ``overwrite``: then every file of the earlier report is removed first, so none of
+    them (a ``comparison.png`` of an earlier two-method report) is left beside the new one.
     """
     from sam_nnunet.evaluation.plots import box_plot, comparison_bars
 
@@ -328,6 +335,11 @@ def write_report(gt_folder: str | Path, predictions: Mapping[str, str | Path], o
             raise FileNotFoundError(f"{folder} is not a folder")
     if not 1 <= len(sources) <= 2:
         raise ValueError(f"give one or two prediction folders, not {len(sources)}")
+    out = Path(out_folder)
+    earlier = sorted(name for name in REPORT_FILES if (out / name).exists())
+    if earlier and not overwrite:
+        raise FileExistsError(f"{out} holds a report already ({', '.join(earlier)}); choose another -o folder, or "
+                              f"pass --overwrite to replace it")
     spec = label_spec(gt_folder, labels, label_names)
     references, unpredicted = unpredicted_cases(gt_folder, sources, spec, missing)
 
@@ -340,8 +352,9 @@ def write_report(gt_folder: str | Path, predictions: Mapping[str, str | Path], o
         print(f"{name}: evaluated {len(results)} cases x {len(spec.labels)} classes "
               f"({_unpredicted_note(len(unpredicted[name]), missing)})")
     summary = summary_rows(rows, spec, {name: len(u) for name, u in unpredicted.items()}, missing)
-    out = Path(out_folder)
     out.mkdir(parents=True, exist_ok=True)
+    for name in earlier:
+        (out / name).unlink()
     files = {"per_case": out / "per_case.csv", "summary_csv": out / "summary.csv", "summary_md": out / "summary.md",
              "boxplot_dice": out / "boxplot_dice.png"}
     _write_csv(files["per_case"], PER_CASE_FIELDS, rows)

@@ -92,3 +92,22 @@ def bare_network(network: nn.Module) -> nn.Module:
             network = network._orig_mod
         else:
             return network
+
+
+def top_level_part(name: str) -> str:
+    """A parameter's part: its top-level module (``decoder.layers.0.weight`` -> ``decoder``); the encoder's LoRA
+    factors apart from the rest of it (what the papers' parameter counts separate)."""
+    part = name.split(".", 1)[0]
+    if part == "encoder":
+        return "encoder (LoRA)" if ".lora_" in name else "encoder (other)"
+    return part
+
+
+def trainable_by_part(network: nn.Module, parts: Sequence[str] = (), part_of=top_level_part) -> dict:
+    """Trainable parameter count per part (``part_of(parameter name)``), ``parts`` first and listed even at 0."""
+    counts = dict.fromkeys(parts, 0)
+    for name, p in network.named_parameters():
+        if p.requires_grad:
+            part = part_of(name)
+            counts[part] = counts.get(part, 0) + p.numel()
+    return counts

@@ -35,15 +35,15 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
-from .common import Outputs, padded_size, slices_for_vit, unfold_depth
-from .image_encoder import SAMImageEncoder, build_sam_neck
-from .light_encoder import TinyViTEncoder, image_encoder_key, load_light_checkpoint
-from .litemedsam import check_encoder_input, encoder_input, encoder_stride
-from .modality_controller import ControlledSAMBlock, ModalityController
-from .modality_decoder import QueryDecoupledModalityDecoder
-from .patch_prompt import SelfPatchPromptGenerator
-from .registry import TinyViTConfig, get_encoder_config, get_light_encoder_config
+from sam_nnunet.modeling.weights.checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
+from sam_nnunet.modeling.common import Outputs, padded_size, slices_for_vit, trainable_by_part, unfold_depth
+from sam_nnunet.modeling.blocks.image_encoder import SAMImageEncoder, build_sam_neck
+from sam_nnunet.modeling.blocks.light_encoder import TinyViTEncoder, image_encoder_key, load_light_checkpoint
+from sam_nnunet.modeling.litemedsam import check_encoder_input, encoder_input, encoder_stride
+from sam_nnunet.modeling.blocks.modality_controller import ControlledSAMBlock, ModalityController
+from sam_nnunet.modeling.blocks.modality_decoder import QueryDecoupledModalityDecoder
+from sam_nnunet.modeling.blocks.patch_prompt import SelfPatchPromptGenerator
+from sam_nnunet.modeling.blocks.registry import TinyViTConfig, get_encoder_config, get_light_encoder_config
 
 #: key prefix of the modality controller's tensors in checkpoint files (``sam_nnunet distill`` writes them)
 CONTROLLER_PREFIX = "modality_controller."
@@ -205,8 +205,5 @@ class ESPMedSAM(nn.Module):
 
     def trainable_parts(self) -> dict:
         """Trainable parameter count per part."""
-        parts = {"encoder": 0, "neck": 0, "controller": 0, "sppg": 0, "decoder": 0, "pe_layer": 0}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                parts[name.split(".", 1)[0]] += p.numel()
-        return parts
+        return trainable_by_part(self, ("encoder", "neck", "controller", "sppg", "decoder", "pe_layer"),
+                                 part_of=lambda name: name.split(".", 1)[0])

@@ -79,14 +79,14 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_pretrained_encoder, load_sam_checkpoint
-from .common import Outputs, slices_for_vit, unfold_depth
-from .image_encoder import build_lora_encoder, build_sam_neck
-from .light_encoder import build_lora_tinyvit, image_encoder_key, load_light_checkpoint
-from .litemedsam import check_encoder_input, encoder_input, encoder_stride
-from .mask_decoder import HierarchicalMaskDecoderBlock
-from .qa_prompts import QAPromptPairs
-from .registry import get_encoder_config, get_light_encoder_config
+from sam_nnunet.modeling.weights.checkpoint import LoadReport, freeze_pretrained_encoder, load_sam_checkpoint
+from sam_nnunet.modeling.common import Outputs, slices_for_vit, top_level_part, trainable_by_part, unfold_depth
+from sam_nnunet.modeling.blocks.image_encoder import build_lora_encoder, build_sam_neck
+from sam_nnunet.modeling.blocks.light_encoder import build_lora_tinyvit, image_encoder_key, load_light_checkpoint
+from sam_nnunet.modeling.litemedsam import check_encoder_input, encoder_input, encoder_stride
+from sam_nnunet.modeling.blocks.mask_decoder import HierarchicalMaskDecoderBlock
+from sam_nnunet.modeling.blocks.qa_prompts import QAPromptPairs
+from sam_nnunet.modeling.blocks.registry import get_encoder_config, get_light_encoder_config
 
 
 class HSPSAM(nn.Module):
@@ -258,19 +258,13 @@ class HSPSAM(nn.Module):
 
     def trainable_parts(self) -> dict:
         """Trainable parameter count per part (what Table 5's "Params" column counts)."""
-        parts = {"encoder (LoRA)": 0, "encoder (other)": 0, "necks": 0, "qa_prompts": 0, "decoders": 0}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.startswith("encoder."):
-                parts["encoder (LoRA)" if ".lora_" in name else "encoder (other)"] += p.numel()
-            elif name.startswith("necks."):
-                parts["necks"] += p.numel()
-            elif name.startswith("prompts."):
-                parts["qa_prompts"] += p.numel()
-            else:
-                parts["decoders"] += p.numel()
-        return parts
+        def part_of(name: str) -> str:
+            part = top_level_part(name)
+            return part if part.startswith("encoder") or part == "necks" else (
+                "qa_prompts" if part == "prompts" else "decoders")
+
+        return trainable_by_part(self, ("encoder (LoRA)", "encoder (other)", "necks", "qa_prompts", "decoders"),
+                                 part_of)
 
     def sam_key_map(self, key: str) -> List[str]:
         """Where a tensor of an official SAM checkpoint goes in this network (empty: not used).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Protocol, Tuple, runtime_checkable
 
-from .checkpoint import LoadReport
+from sam_nnunet.modeling.weights.checkpoint import LoadReport
 
 
 @runtime_checkable

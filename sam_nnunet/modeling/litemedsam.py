@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PromptEncoder
 from torch import nn
 
-from .checkpoint import LoadReport
-from .image_encoder import build_sam_neck
-from .light_encoder import TinyViTEncoder, image_encoder_key, load_light_checkpoint
-from .registry import get_light_encoder_config
-from .self_prompt_decoder import SelfPromptMaskDecoder
+from sam_nnunet.modeling.weights.checkpoint import LoadReport
+from sam_nnunet.modeling.blocks.image_encoder import build_sam_neck
+from sam_nnunet.modeling.blocks.light_encoder import TinyViTEncoder, image_encoder_key, load_light_checkpoint
+from sam_nnunet.modeling.blocks.registry import get_light_encoder_config
+from sam_nnunet.modeling.blocks.self_prompt_decoder import SelfPromptMaskDecoder
 
 
 def scale_to_unit_range(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

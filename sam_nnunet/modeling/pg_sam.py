@@ -46,17 +46,17 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from .checkpoint import LoadReport, freeze_pretrained_encoder, load_sam_checkpoint
-from .common import Outputs, padded_size, slices_for_vit, unfold_depth
-from .feature_fusion import MultiLevelFeatureFusion
-from .image_encoder import build_lora_encoder, build_sam_neck
-from .light_encoder import build_lora_tinyvit, image_encoder_key, load_light_checkpoint
-from .litemedsam import check_encoder_input, encoder_input, encoder_stride
-from .mask_decoder import HierarchicalMaskDecoderBlock
-from .mask_optimizer import IterativeMaskOptimizer
-from .prior_aligner import ModalityPriorAligner
-from .registry import get_encoder_config, get_light_encoder_config
-from .text_prior import TEXT_DIM, ClassTextPrior
+from sam_nnunet.modeling.weights.checkpoint import LoadReport, freeze_pretrained_encoder, load_sam_checkpoint
+from sam_nnunet.modeling.common import Outputs, padded_size, slices_for_vit, trainable_by_part, unfold_depth
+from sam_nnunet.modeling.blocks.feature_fusion import MultiLevelFeatureFusion
+from sam_nnunet.modeling.blocks.image_encoder import build_lora_encoder, build_sam_neck
+from sam_nnunet.modeling.blocks.light_encoder import build_lora_tinyvit, image_encoder_key, load_light_checkpoint
+from sam_nnunet.modeling.litemedsam import check_encoder_input, encoder_input, encoder_stride
+from sam_nnunet.modeling.blocks.mask_decoder import HierarchicalMaskDecoderBlock
+from sam_nnunet.modeling.blocks.mask_optimizer import IterativeMaskOptimizer
+from sam_nnunet.modeling.blocks.prior_aligner import ModalityPriorAligner
+from sam_nnunet.modeling.blocks.registry import get_encoder_config, get_light_encoder_config
+from sam_nnunet.modeling.blocks.text_prior import TEXT_DIM, ClassTextPrior
 
 LOW_RES_SCALE = 0.25
 
@@ -202,16 +202,8 @@ class PGSAM(nn.Module):
 
     def trainable_parts(self) -> dict:
         """Trainable parameter count per part."""
-        parts = {"encoder (LoRA)": 0, "encoder (other)": 0, "neck": 0, "text_prior": 0, "aligner": 0,
-                 "decoder": 0, "fusion": 0, "mask_optimizer": 0, "pe_layer": 0}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            part = name.split(".", 1)[0]
-            if part == "encoder":
-                part = "encoder (LoRA)" if ".lora_" in name else "encoder (other)"
-            parts[part] += p.numel()
-        return parts
+        return trainable_by_part(self, ("encoder (LoRA)", "encoder (other)", "neck", "text_prior", "aligner", "decoder",
+                                        "fusion", "mask_optimizer", "pe_layer"))
 
     def sam_key_map(self, key: str) -> List[str]:
         """Where a tensor of an official SAM checkpoint goes (empty: not used): the image encoder and its neck,

@@ -66,16 +66,17 @@ import torch.nn.functional as F
 from segment_anything.modeling.prompt_encoder import PromptEncoder
 from torch import nn
 
-from .auto_prompts import prompts_from_masks
-from .checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
-from .common import Outputs, check_channels, fold_depth, pad_to_multiple, padded_size
-from .depth_encoder import DepthAdaptedImageEncoder
-from .image_encoder import build_sam_neck
-from .modality_adapter import ModalityAdapter
-from .multiclass_adapter import MultiClassAdapter
-from .prompt_generator import ConvPromptGenerator, MSPGenerator, tokens_to_volume
-from .registry import get_encoder_config
-from .self_prompt_decoder import SelfPromptMaskDecoder
+from sam_nnunet.modeling.blocks.auto_prompts import prompts_from_masks
+from sam_nnunet.modeling.weights.checkpoint import LoadReport, freeze_supplied, load_sam_checkpoint
+from sam_nnunet.modeling.common import (Outputs, check_channels, fold_depth, pad_to_multiple, padded_size,
+                                       trainable_by_part)
+from sam_nnunet.modeling.blocks.depth_encoder import DepthAdaptedImageEncoder
+from sam_nnunet.modeling.blocks.image_encoder import build_sam_neck
+from sam_nnunet.modeling.blocks.modality_adapter import ModalityAdapter
+from sam_nnunet.modeling.blocks.multiclass_adapter import MultiClassAdapter
+from sam_nnunet.modeling.blocks.prompt_generator import ConvPromptGenerator, MSPGenerator, tokens_to_volume
+from sam_nnunet.modeling.blocks.registry import get_encoder_config
+from sam_nnunet.modeling.blocks.self_prompt_decoder import SelfPromptMaskDecoder
 
 PROMPT_GENERATORS = ("msp", "conv")
 EMPTY_PROMPTS = ("zeros", "padding")
@@ -282,12 +283,7 @@ class SelfPromptSAM(nn.Module):
 
     def trainable_parts(self) -> dict:
         """Trainable parameter count per part (top-level module: encoder, neck, prompt_generator, ...)."""
-        parts: dict = {}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                part = name.split(".", 1)[0]
-                parts[part] = parts.get(part, 0) + p.numel()
-        return parts
+        return trainable_by_part(self, part_of=lambda name: name.split(".", 1)[0])
 
     def freeze_pretrained(self, report: LoadReport) -> Tuple[int, int]:
         """Freeze every SAM weight the checkpoint supplied; the added blocks and SAM weights the file lacked

@@ -16,7 +16,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 from torch import nn
 
-from sam_nnunet.modeling.patch_prompt import patch_targets
+from sam_nnunet.modeling.blocks.patch_prompt import patch_targets
 
 
 class FocalLoss(nn.Module):

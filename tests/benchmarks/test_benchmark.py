@@ -185,7 +185,7 @@ def test_conv_ab_reports_both_backends_for_2d_and_3d():
 def test_quick_kvasir_with_a_frozen_pretrained_row(tmp_path, golden_model_folder):
     """--dataset kvasir on real shipped images, and NAME+pretrained: the same trainer with --checkpoint frozen,
     in its own folder, next to the run from scratch."""
-    from sam_nnunet.export_encoder import export_encoder
+    from sam_nnunet.export.encoder import export_encoder
 
     checkpoint = export_encoder(golden_model_folder, 0, tmp_path / "encoder.pth")  # 1-channel encoder, loads as RGB
     out = tmp_path / "bench"
@@ -255,16 +255,13 @@ def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocess
 def test_rows_on_a_shipped_preset_get_its_plans_written(acdc_env):
     """``--trainers HSPSAMTrainer@nnUNetPlans_SAMcpu_p8`` from an empty --out: the harness writes the plans of the
     shipped preset a row names; a plans name no shipped preset has is left alone (nnU-Net then names it)."""
-    import importlib.util
+    from benchmarks.harness.data import write_missing_shipped_plans
 
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     folder = acdc_env["nnUNet_preprocessed"] / DATASET
     written = folder / "nnUNetPlans_SAMcpu_p8.json"
     assert not written.exists()
     try:
-        bench.write_missing_shipped_plans("27", folder, {"nnUNetPlans_SAMcpu_p8", "nnUNetPlans_SAMnone", PLANS})
+        write_missing_shipped_plans("27", folder, {"nnUNetPlans_SAMcpu_p8", "nnUNetPlans_SAMnone", PLANS})
         plans = json.loads(written.read_text())
         assert plans["configurations"]["2d"]["sam_nnunet"]["encoder"] == "vit_tiny_p8"
         assert not (folder / "nnUNetPlans_SAMnone.json").exists()
@@ -279,23 +276,22 @@ def test_the_cpu_preset_trains_hsp_sam_and_self_prompt_sam_refuses_it(acdc_env, 
     Self-Prompt-SAM's MSPGenerator decodes 16-pixel patches only: it refuses the preset with an error naming
     the patch size (its --accuracy rows run on cpu_tiny)."""
     from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from sam_nnunet.modeling.registry import get_encoder_config
+    from sam_nnunet.modeling.blocks.registry import get_encoder_config
     from sam_nnunet.plans import CPU_PRESET, load_preset, write_sam_plans
+    from sam_nnunet.training.budget import budgeted, build_trainer
 
     preset = load_preset(CPU_PRESET)
     written = write_sam_plans("27", CPU_PRESET, preprocessed_root=str(acdc_env["nnUNet_preprocessed"]))
     try:
-        trainer = get_trainer_from_args("27", configuration, 0, "HSPSAMTrainer_1epoch", preset["plans_name"],
-                                        device=torch.device("cpu"))
-        trainer.num_iterations_per_epoch = 1
-        trainer.on_train_start()
+        trainer = build_trainer(budgeted(recursive_find_trainer_class_by_name("HSPSAMTrainer"), steps=1), "27",
+                                configuration, 0, preset["plans_name"], torch.device("cpu"))
+        trainer.run_training()
         conf = preset["configurations"][configuration]
         assert trainer.network.patch_size == get_encoder_config(conf["sam_nnunet"]["encoder"]).patch_size == 8
         assert trainer.initial_lr == pytest.approx(conf["training"]["HSPSAMTrainer"]["learning_rate"]) != 3e-4
-        trainer.on_train_epoch_start()
-        assert np.isfinite(trainer.train_step(next(trainer.dataloader_train))["loss"])
-        trainer.on_train_end()
+        assert trainer.budget_record.steps == 1 and np.isfinite(trainer.budget_record.losses).all()
         other = get_trainer_from_args("27", configuration, 0, "SelfPromptSAMTrainer_1epoch", preset["plans_name"],
                                       device=torch.device("cpu"))
         with pytest.raises(ValueError, match="16-pixel encoder patches.*8-pixel"):
@@ -310,19 +306,20 @@ def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, pre
     nnU-Net's, and the trainer its training block names (HSPSAMTrainer if none) builds its network with the preset's
     switches, applies its training settings (a named prior loaded) and takes a finite training step on ACDC patches
     of its patch size."""
-    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from sam_nnunet.modeling.pretrained_files import resolve_checkpoint
+    from sam_nnunet.modeling.weights.pretrained_files import resolve_checkpoint
     from sam_nnunet.plans import load_preset, write_sam_plans
+    from sam_nnunet.training.budget import budgeted, build_trainer
 
     spec = load_preset(str(SCRIPT.parent / "presets" / preset))
     conf = spec["configurations"]["2d"]
     (name, settings), = conf.get("training", {"HSPSAMTrainer": {}}).items()
     written = write_sam_plans("27", str(SCRIPT.parent / "presets" / preset), preprocessed_root=str(acdc_env["nnUNet_preprocessed"]))
     try:
-        trainer = get_trainer_from_args("27", "2d", 0, f"{name}_1epoch", spec["plans_name"], device=torch.device("cpu"))
-        trainer.num_iterations_per_epoch = 1
-        trainer.on_train_start()
+        trainer = build_trainer(budgeted(recursive_find_trainer_class_by_name(name), steps=1), "27", "2d", 0,
+                                spec["plans_name"], torch.device("cpu"))
+        trainer.run_training()
         arch = trainer.configuration_manager.network_arch_init_kwargs
         assert {k: arch[k] for k in conf["sam_nnunet"]} == conf["sam_nnunet"]
         assert list(trainer.configuration_manager.patch_size) == conf["patch_size"] and trainer.batch_size == conf["batch_size"]
@@ -332,10 +329,7 @@ def test_tried_presets_give_plans_the_trainer_builds_and_trains_on(acdc_env, pre
             weights = np.asarray(trainer.loss.weight_factors, dtype=float)
             assert weights[0] > 0 and len(weights) == trainer.network.num_levels
             assert (np.count_nonzero(weights) == 1) == (settings.get("supervised_outputs", "all") == "final")
-        trainer.on_train_epoch_start()
-        loss = trainer.train_step(next(trainer.dataloader_train))["loss"]
-        assert np.isfinite(loss)
-        trainer.on_train_end()
+        assert trainer.budget_record.steps == 1 and np.isfinite(trainer.budget_record.losses).all()
     finally:
         written.unlink()  # the plans folder is shared by the session's tests
 

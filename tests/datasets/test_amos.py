@@ -69,6 +69,7 @@ def test_label_value_16_names_the_file_and_leaves_nothing(amos, nnunet_env, make
     assert list(nnunet_env["nnUNet_raw"].iterdir()) == []
 
 
+@pytest.mark.bad_input("converters")
 def test_shape_mismatch_names_the_files(amos, nnunet_env, make):
     make.nifti(amos / "labelsTr/amos_0001.nii.gz", make.labels(15, 1, shape=(8, 7, 4)))
     with pytest.raises(DatasetLayoutError, match=r"label .*labelsTr/amos_0001.nii.gz does not lie on the voxel grid of "

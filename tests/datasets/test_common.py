@@ -50,6 +50,7 @@ def test_isic_dataset_and_splits_are_group_readable(isic, nnunet_env, umask):
     assert found == {p: (0o750 if os.path.isdir(p) else 0o640) for p in found}
 
 
+@pytest.mark.bad_input("converters")
 def test_conflicting_splits_file_stops_acdc_before_anything_is_written(acdc_crop, refused, nnunet_env, tmp_path,
                                                                       make):
     """Before: the raw dataset was renamed into place, then write_splits refused the file, leaving a dataset

@@ -74,6 +74,7 @@ def test_image_without_label_names_the_file(synapse, nnunet_env):
     assert list(nnunet_env["nnUNet_raw"].iterdir()) == []
 
 
+@pytest.mark.bad_input("converters")
 def test_shape_mismatch_names_both_files_and_leaves_nothing(synapse, nnunet_env, make):
     make.nifti(synapse / "RawData/Training/label/label0006.nii.gz", make.labels(13, 6, shape=(8, 8, 5)))
     with pytest.raises(DatasetLayoutError, match=r"label0006.nii.gz does not lie on the voxel grid of image .*img0006"

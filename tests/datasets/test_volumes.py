@@ -28,6 +28,7 @@ def last_frame(source, suffix=""):
 
 
 @pytest.mark.parametrize("suffix, what", [("", "image"), ("_gt", "label")])
+@pytest.mark.bad_input("converters")
 def test_truncated_acdc_file_is_named_and_nothing_is_written(acdc, refused, make, suffix, what):
     bad = make.truncated(last_frame(acdc, suffix))
     refused(lambda: convert_acdc(acdc, 27, verbose=False), acdc,
@@ -35,6 +36,7 @@ def test_truncated_acdc_file_is_named_and_nothing_is_written(acdc, refused, make
             rf"end-of-stream marker.*download or extract it again")
 
 
+@pytest.mark.bad_input("converters")
 def test_corrupt_byte_inside_the_data_is_caught(acdc, refused):
     """A flipped byte leaves a file nibabel (and SimpleITK) read without complaint; the gzip CRC catches it."""
     bad = last_frame(acdc)
@@ -46,6 +48,7 @@ def test_corrupt_byte_inside_the_data_is_caught(acdc, refused):
             rf"image .*{re.escape(bad.name)} is truncated or corrupt \(")
 
 
+@pytest.mark.bad_input("converters")
 def test_truncated_test_image_without_label_is_caught(acdc, refused, make):
     """Unlabelled test images (ACDC testing/) are copied too, so they are read in full as well."""
     patient = acdc / "testing" / "patient101"
@@ -55,11 +58,13 @@ def test_truncated_test_image_without_label_is_caught(acdc, refused, make):
             rf"image .*testing/patient101/{re.escape(bad.name)} is truncated or corrupt")
 
 
+@pytest.mark.bad_input("converters")
 def test_truncated_amos_test_image_is_caught(amos, refused, make):
     make.truncated(amos / "imagesTs" / "amos_0002.nii.gz")
     refused(lambda: convert_amos(amos, verbose=False), amos, r"image .*imagesTs/amos_0002.nii.gz is truncated")
 
 
+@pytest.mark.bad_input("converters", cases=2)
 def test_nan_and_inf_voxels_are_counted_and_located(acdc, refused):
     frame = last_frame(acdc)
     img = nib.load(str(frame))
@@ -91,6 +96,7 @@ def rewrite_label(gt, affine):
 
 
 @pytest.mark.parametrize("fault", ["origin", "spacing", "direction"])
+@pytest.mark.bad_input("converters")
 def test_label_off_the_image_grid_gives_both_numbers(acdc, refused, fault):
     gt = last_frame(acdc, "_gt")
     image = gt.with_name(gt.name.replace("_gt", ""))
@@ -124,6 +130,7 @@ def test_label_within_tolerance_is_accepted(acdc, nnunet_env):
     assert (out / "labelsTr" / gt.name.replace("_gt", "")).read_bytes() == gt.read_bytes()
 
 
+@pytest.mark.bad_input("converters")
 def test_synapse_remapped_label_is_checked_before_it_is_written(synapse, refused, make):
     """Synapse rewrites its labels (13 -> 8 organs); the grid check still runs on the source pair."""
     shifted = nib.load(str(synapse / "RawData/Training/img/img0001.nii.gz")).affine

@@ -21,7 +21,7 @@ def test_build_script_assembles_committed_project_and_inference_only_model(train
     # a clone with an uncommitted edit: the context must hold the committed file, and the script must say so
     repo = tmp_path / "repo"
     subprocess.run(["git", "clone", "-q", str(DOCKER.parent), str(repo)], check=True)
-    edited = repo / "sam_nnunet" / "submission.py"
+    edited = repo / "sam_nnunet" / "submission" / "run.py"
     committed = edited.read_text()
     edited.write_text(committed + "\n# uncommitted\n")
     ctx = tmp_path / "ctx"
@@ -29,8 +29,8 @@ def test_build_script_assembles_committed_project_and_inference_only_model(train
                            "-tr", "HSPSAMTrainer_1epoch", "-p", "nnUNetPlans_SAMcpu", "-f", "0", "--context-only", str(ctx)],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "uncommitted changes are not in the image" in proc.stderr and "sam_nnunet/submission.py" in proc.stderr
-    assert (ctx / "src" / "sam_nnunet" / "submission.py").read_text() == committed
+    assert "uncommitted changes are not in the image" in proc.stderr and "sam_nnunet/submission/run.py" in proc.stderr
+    assert (ctx / "src" / "sam_nnunet" / "submission" / "run.py").read_text() == committed
     assert (ctx / "Dockerfile").read_text() == (DOCKER / "Dockerfile").read_text()
     assert (ctx / "src" / "setup.py").is_file() and (ctx / "src" / "trainers" / "HSPSAMTrainer.py").is_file()
     assert not (ctx / "src" / "tests").exists() and not list(ctx.rglob("__pycache__"))

@@ -110,6 +110,7 @@ def files_of(folders):
             for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.fault("training")
 def test_crossval_again_skips_finished_folds_and_resumes_a_started_one(first_run):
     _, model, env = first_run
     merged_summary = model / "crossval_results_folds_0_1_2_3_4" / "summary.json"

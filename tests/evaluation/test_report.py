@@ -157,6 +157,7 @@ def test_report_counts_absent_classes_with_explicit_labels(cases, tmp_path):
     assert not (out / "comparison.png").exists()  # one method: no comparison chart
 
 
+@pytest.mark.bad_input("report")
 def test_report_refuses_unmatched_cases(cases, tmp_path, capsys):
     gt, preds, names = cases
     (preds["sliced"] / f"{names[0]}.nii.gz").unlink()
@@ -200,6 +201,7 @@ def test_report_states_unpredicted_references_by_default(one_missing, tmp_path, 
 
 @pytest.mark.faults
 @pytest.mark.parametrize("option", [["--require-all"], ["--missing", "error"]])
+@pytest.mark.bad_input("report")
 def test_report_require_all_names_unpredicted_cases_and_writes_nothing(one_missing, tmp_path, capsys, option):
     gt, preds, names, lacking = one_missing
     out = tmp_path / "report"
@@ -267,6 +269,7 @@ def without_monai(monkeypatch):
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("report")
 def test_report_without_monai_stops_before_writing(cases, tmp_path, capsys, without_monai):
     gt, preds, names = cases
     out = tmp_path / "report"
@@ -291,3 +294,23 @@ def test_report_no_hd95_measures_dice_without_monai(cases, tmp_path, without_mon
         assert math.isnan(float(row["hd95_mm"]))
     assert "HD95: not measured (`--no-hd95`)" in (out / "summary.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["boxplot_dice.png", "per_case.csv", "summary.csv", "summary.md"]
+
+
+@pytest.mark.faults
+@pytest.mark.bad_input("report")
+def test_a_report_is_never_overwritten_unless_asked_and_then_leaves_no_stale_file(cases, tmp_path, capsys):
+    gt, preds, names = cases
+    out = tmp_path / "report"
+    both = ["--pred", str(preds["shifted"]), "--pred2", str(preds["sliced"]), "--names", "shifted", "sliced"]
+    assert main(["report", "--gt", str(gt), *both, "-o", str(out)]) == 0
+    assert (out / "comparison.png").is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    one = ["--pred", str(preds["sliced"]), "--names", "sliced"]
+    assert main(["report", "--gt", str(gt), *one, "-o", str(out)]) == 2
+    assert f"{out} holds a report already (boxplot_dice.png, boxplot_hd95.png, comparison.png, per_case.csv" in \
+        capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert main(["report", "--gt", str(gt), *one, "-o", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["boxplot_dice.png", "boxplot_hd95.png", "per_case.csv",
+                                                     "summary.csv", "summary.md"]  # no comparison of one method
+    assert {r["method"] for r in read_csv(out / "per_case.csv")} == {"sliced"}

@@ -36,6 +36,7 @@ def epoch_of(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["current_epoch"]
 
 
+@pytest.mark.fault("training", cases=4)
 def test_kill_9_anywhere_then_resume_to_a_model_that_predicts(acdc_env):
     env = dict(os.environ, SAM_NNUNET_ITERATIONS_PER_EPOCH="2", SAM_NNUNET_VAL_ITERATIONS_PER_EPOCH="1",
                SAM_NNUNET_SEED="0", nnUNet_n_proc_DA="1")

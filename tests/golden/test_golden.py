@@ -29,8 +29,8 @@ def test_golden_model_on_onnx_runtime_reproduces_its_reference_masks(tmp_path):
     """The same cases through sam_nnunet's ONNX export and nnU-Net's sliding window on ONNX Runtime."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from sam_nnunet.onnx_export import export_onnx, read_export
-    from sam_nnunet.onnx_predictor import make_predictor
+    from sam_nnunet.export.onnx_model import export_onnx, read_export
+    from sam_nnunet.export.onnx_predictor import make_predictor
 
     model = export_onnx(MODEL_FOLDER, tmp_path / "onnx", [0], verbose=False)
     assert read_export(model)["folds"]["0"]["epoch"] == 20

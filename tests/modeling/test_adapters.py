@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from sam_nnunet.modeling.adapters import ADAPTER_KINDS, DepthFusedAdapter, DepthMLPAdapter, build_adapter
-from sam_nnunet.modeling.modality_adapter import ModalityAdapter
-from sam_nnunet.modeling.multiclass_adapter import MultiClassAdapter
+from sam_nnunet.modeling.blocks.adapters import ADAPTER_KINDS, DepthFusedAdapter, DepthMLPAdapter, build_adapter
+from sam_nnunet.modeling.blocks.modality_adapter import ModalityAdapter
+from sam_nnunet.modeling.blocks.multiclass_adapter import MultiClassAdapter
 
 
 def _set(linear: nn.Linear, weight, bias=None):

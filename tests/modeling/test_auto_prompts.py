@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
-from sam_nnunet.modeling.auto_prompts import (_farthest_scipy, _farthest_torch, _prefix_max, farthest_from_boundary,
+from sam_nnunet.modeling.blocks.auto_prompts import (_farthest_scipy, _farthest_torch, _prefix_max, farthest_from_boundary,
                                               prompts_from_masks, squared_edt_torch)
 
 

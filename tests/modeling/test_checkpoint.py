@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from sam_nnunet.modeling.checkpoint import (CheckpointError, file_fingerprint, load_sam_checkpoint,
+from sam_nnunet.modeling.weights.checkpoint import (CheckpointError, file_fingerprint, load_sam_checkpoint,
                                             read_sam_state_dict)
 from sam_nnunet.modeling.hsp_sam import HSPSAM
 from sam_nnunet.modeling.self_prompt_sam import SelfPromptSAM
@@ -72,12 +72,14 @@ def test_medsam_style_wrapped_checkpoint_loads(official_sam, tmp_path, small_enc
     assert len(load_sam_checkpoint(net, path).loaded) > 0
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not found.*sam_vit_b_01ec64.pth"):
         read_sam_state_dict(tmp_path / "nope.pth")
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("checkpoints", cases=2)
 def test_corrupt_checkpoint_is_a_clear_error(official_sam, tmp_path, small_encoder):
     _, sd = official_sam()
     full = save(sd, tmp_path / "full.pth").read_bytes()
@@ -92,6 +94,7 @@ def test_corrupt_checkpoint_is_a_clear_error(official_sam, tmp_path, small_encod
     assert "weights_only` set to `False`" not in str(err.value)  # torch's advice does not apply to a broken file
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_foreign_layout_is_a_clear_error(tmp_path):
     path = save({"encoder.weight": torch.zeros(3)}, tmp_path / "unet.pth")
     with pytest.raises(CheckpointError, match="does not look like a SAM checkpoint"):
@@ -102,6 +105,7 @@ def test_foreign_layout_is_a_clear_error(tmp_path):
     (dict(embed_dim=64, depth=4), "vit_tiny"),  # wider than the network's encoder (48), same depth
     (dict(embed_dim=48, depth=6), "an unknown size"),  # deeper (6 blocks), same width
 ], ids=["wider", "deeper"])
+@pytest.mark.bad_input("checkpoints")
 def test_wrong_vit_size_is_an_error_not_a_partial_load(official_sam, tmp_path, small_encoder, file_size, file_name):
     """A file in the official layout for another ViT size: the error names what the file holds and what the network
     expects, and not one tensor was loaded (a deeper file's first blocks would fit the network's, name for name)."""
@@ -120,6 +124,7 @@ def test_wrong_vit_size_is_an_error_not_a_partial_load(official_sam, tmp_path, s
     assert [k for k, v in after.items() if not torch.equal(before[k], v)] == []  # nothing partially loaded
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_narrower_and_shallower_file_than_the_network_is_named_too(official_sam, tmp_path):
     _, sd = official_sam(embed_dim=64, depth=4)
     path = save(sd, tmp_path / "sam.pth")
@@ -181,6 +186,7 @@ SAM2_HIERA_T_KEYS = {
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("checkpoints")
 def test_sam2_checkpoint_is_named(tmp_path, small_encoder):
     state = {"model": {k: torch.randn(shape) for k, shape in SAM2_HIERA_T_KEYS.items()}}
     path = save(state, tmp_path / "sam2.1_hiera_tiny.pt")
@@ -209,13 +215,12 @@ def _hsp_sam_lora_file(sd, small_encoder):
 
 
 @pytest.mark.faults
-@pytest.mark.faults
-@pytest.mark.faults
 @pytest.mark.parametrize("layout, holds", [
     (_samed_lora_file, r"holds LoRA factors \(16 tensors, e.g. w_a_000, w_a_001, w_a_002\) and 137 other tensors "
                        r"\(mask_decoder.\*, prompt_encoder.\*\)"),
     (_hsp_sam_lora_file, r"holds only LoRA factors \(8 tensors, e.g. encoder.blocks.0.attn.qkv.lora_A, ")],
     ids=["samed", "hsp_sam"])
+@pytest.mark.bad_input("checkpoints")
 def test_lora_only_file_asks_for_the_base_checkpoint(official_sam, tmp_path, small_encoder, layout, holds):
     _, sd = official_sam()
     state = layout(sd) if layout is _samed_lora_file else layout(sd, small_encoder)
@@ -236,6 +241,7 @@ def test_lora_only_file_asks_for_the_base_checkpoint(official_sam, tmp_path, sma
      r"missing image_encoder.pos_embed, image_encoder.patch_embed.\*, image_encoder.blocks.0.\*, .* "
      r"image_encoder.blocks.3.\* \(51 of the 51 "),
 ], ids=["pos_embed", "patch_embed", "middle_block", "last_block", "one_block_tensor", "neck_only"])
+@pytest.mark.bad_input("checkpoints")
 def test_partial_checkpoint_names_what_is_missing(official_sam, tmp_path, small_encoder, drop, named):
     _, sd = official_sam()
     path = save({k: v for k, v in sd.items() if not drop(k)}, tmp_path / "sam_partial.pth")
@@ -285,6 +291,7 @@ def _nnunet_checkpoint(path, numpy_log: bool, canary=None):
 
 
 @pytest.mark.parametrize("numpy_log", [True, False], ids=["refused-by-weights-only", "weights-only-readable"])
+@pytest.mark.bad_input("checkpoints")
 def test_nnunet_training_checkpoint_is_named(tmp_path, numpy_log):
     path = _nnunet_checkpoint(tmp_path / "checkpoint_final.pth", numpy_log)
     if numpy_log:
@@ -298,6 +305,7 @@ def test_nnunet_training_checkpoint_is_named(tmp_path, numpy_log):
 
 
 @pytest.mark.faults
+@pytest.mark.bad_input("checkpoints")
 def test_foreign_pickled_objects_are_identified_without_running_them(tmp_path):
     marker = tmp_path / "code_ran"
     path = _nnunet_checkpoint(tmp_path / "checkpoint_best.pth", numpy_log=True, canary=marker)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import profile
 
-from sam_nnunet.modeling.conv import FLOP_FORMULAS, Conv3d, takes_onednn_path
+from sam_nnunet.modeling.blocks.conv import FLOP_FORMULAS, Conv3d, takes_onednn_path
 
 HAS_ONEDNN = torch.backends.mkldnn.is_available()
 # the tests below are about the routed op itself; a torch without oneDNN never routes (asserted above them)

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Block
 
-from sam_nnunet.modeling.checkpoint import CheckpointError
+from sam_nnunet.modeling.weights.checkpoint import CheckpointError
 from sam_nnunet.modeling.esp_medsam import ESPMedSAM
-from sam_nnunet.modeling.light_encoder import ControlledTinyViTBlock, TinyViTEncoder, mobile_sam_key_map
-from sam_nnunet.modeling.modality_controller import (ControlledSAMBlock, ModalityBag, ModalityController,
+from sam_nnunet.modeling.blocks.light_encoder import ControlledTinyViTBlock, TinyViTEncoder, mobile_sam_key_map
+from sam_nnunet.modeling.blocks.modality_controller import (ControlledSAMBlock, ModalityBag, ModalityController,
                                                      resolve_modality)
-from sam_nnunet.modeling.modality_decoder import QueryDecoupledModalityDecoder
-from sam_nnunet.modeling.patch_prompt import SelfPatchPromptGenerator, patch_targets
-from sam_nnunet.modeling.registry import LIGHT_ENCODERS
+from sam_nnunet.modeling.blocks.modality_decoder import QueryDecoupledModalityDecoder
+from sam_nnunet.modeling.blocks.patch_prompt import SelfPatchPromptGenerator, patch_targets
+from sam_nnunet.modeling.blocks.registry import LIGHT_ENCODERS
 from sam_nnunet.training.losses import ESPMedSAMLoss, FocalDiceLoss, FocalLoss
 from sam_nnunet.training.lr_schedules import ExponentialLRScheduler
 

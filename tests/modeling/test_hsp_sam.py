@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from sam_nnunet.modeling.hsp_sam import HSPSAM
-from sam_nnunet.modeling.registry import ENCODERS
+from sam_nnunet.modeling.blocks.registry import ENCODERS
 
 
 def tiny(**kw):
@@ -122,7 +122,7 @@ def test_where_q_prompts_enter_the_encoder(at):
 
 
 def test_input_prompts_pass_windowed_blocks_unchanged_and_are_updated_by_global_ones():
-    from sam_nnunet.modeling.image_encoder import SAMImageEncoder
+    from sam_nnunet.modeling.blocks.image_encoder import SAMImageEncoder
 
     torch.manual_seed(0)
     enc = SAMImageEncoder(img_size=(32, 32), in_chans=1, embed_dim=32, depth=4, num_heads=2, window_size=1,
@@ -140,7 +140,7 @@ def test_input_prompts_pass_windowed_blocks_unchanged_and_are_updated_by_global_
 
 
 def test_ft_sam_row_has_no_lora_and_freezes_nothing():
-    from sam_nnunet.modeling.checkpoint import LoadReport
+    from sam_nnunet.modeling.weights.checkpoint import LoadReport
 
     net = tiny(lora_rank=0, qa_prompts=False, hierarchical=False, skip_connections=False)
     assert not any(".lora_" in n for n, _ in net.named_parameters())

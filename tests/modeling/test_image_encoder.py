@@ -4,7 +4,7 @@ import torch
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
-from sam_nnunet.modeling.image_encoder import PromptableBlock, resize_pos_embed, resize_rel_pos
+from sam_nnunet.modeling.blocks.image_encoder import PromptableBlock, resize_pos_embed, resize_rel_pos
 
 
 def test_pos_embed_resize_keeps_same_size_and_interpolates_smoothly():

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam_nnunet.modeling.auto_prompts import prompts_from_masks
-from sam_nnunet.modeling.checkpoint import CheckpointError, load_sam_checkpoint
+from sam_nnunet.modeling.blocks.auto_prompts import prompts_from_masks
+from sam_nnunet.modeling.weights.checkpoint import CheckpointError, load_sam_checkpoint
 from sam_nnunet.modeling.esp_medsam import ESPMedSAM
 from sam_nnunet.modeling.hsp_sam import HSPSAM
 from sam_nnunet.modeling.litemedsam import PromptableLiteSAM, scale_to_unit_range
 from sam_nnunet.modeling.pg_sam import PGSAM
-from sam_nnunet.modeling.pretrained_files import LITEMEDSAM, PRETRAINED_FILES, resolve_checkpoint, verify_file
+from sam_nnunet.modeling.weights.pretrained_files import LITEMEDSAM, PRETRAINED_FILES, resolve_checkpoint, verify_file
 from sam_nnunet.modeling.self_prompt_sam import SelfPromptSAM, embed_prompts
 
 LV_CAVITY = 3
@@ -164,6 +164,7 @@ def test_self_prompt_sams_decoder_starts_from_the_prior(litemedsam_file, file_st
     assert all(p.requires_grad for p in net.encoder.parameters()) and trainable > 0
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_a_decoder_narrower_than_sams_refuses_the_file_naming_the_preset_that_fits(litemedsam_file):
     net = _self_prompt_sam("vit_tiny")
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -173,12 +174,14 @@ def test_a_decoder_narrower_than_sams_refuses_the_file_naming_the_preset_that_fi
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_a_vit_network_without_a_decoder_path_refuses_a_tinyvit_file(litemedsam_file):
     net = HSPSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), encoder="vit_tiny")
     with pytest.raises(CheckpointError, match="holds a TinyViT image encoder .* not the SAM ViT"):
         load_sam_checkpoint(net, litemedsam_file)
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_a_mobile_sam_encoder_refuses_the_file_naming_the_one_that_fits(litemedsam_file):
     net = ESPMedSAM(num_input_channels=1, num_classes=4, img_size=(64, 64), modality="mri",
                     light_encoder="tiny_vit_5m")
@@ -193,6 +196,7 @@ def test_unit_range_scaling_is_per_sample_and_channel():
     assert torch.equal(y[1], torch.zeros(2, 4, 4))  # a constant channel
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_a_wrong_sha256_is_refused_with_what_was_expected(litemedsam_file, tmp_path, monkeypatch):
     tampered = tmp_path / "lite_medsam.pth"
     data = bytearray(open(litemedsam_file, "rb").read())
@@ -207,6 +211,7 @@ def test_a_wrong_sha256_is_refused_with_what_was_expected(litemedsam_file, tmp_p
     assert resolve_checkpoint(str(tampered)) == str(tampered)  # a path is the loaders' to check
 
 
+@pytest.mark.bad_input("checkpoints")
 def test_a_name_whose_package_is_missing_says_which_extra_installs_it(monkeypatch):
     monkeypatch.setitem(PRETRAINED_FILES, "litemedsam", dataclasses.replace(LITEMEDSAM, package="not_installed_pkg"))
     with pytest.raises(CheckpointError, match=r"sam_nnunet\[litemedsam\]"):

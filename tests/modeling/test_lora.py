@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
-from sam_nnunet.modeling.checkpoint import freeze_pretrained_encoder
+from sam_nnunet.modeling.weights.checkpoint import freeze_pretrained_encoder
 from sam_nnunet.modeling.hsp_sam import HSPSAM
-from sam_nnunet.modeling.lora import LoRALinear, apply_lora, lora_layers, merge_lora
+from sam_nnunet.modeling.blocks.lora import LoRALinear, apply_lora, lora_layers, merge_lora
 
 
 def test_from_linear_shares_base_parameters_and_starts_as_identity_update():

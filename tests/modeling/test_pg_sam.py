@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam_nnunet.modeling.checkpoint import load_sam_checkpoint
-from sam_nnunet.modeling.feature_fusion import DeformableAlign, MultiLevelFeatureFusion, upsample_stage
-from sam_nnunet.modeling.mask_optimizer import MASK_FLOOR, IterativeMaskOptimizer
+from sam_nnunet.modeling.weights.checkpoint import load_sam_checkpoint
+from sam_nnunet.modeling.blocks.feature_fusion import DeformableAlign, MultiLevelFeatureFusion, upsample_stage
+from sam_nnunet.modeling.blocks.mask_optimizer import MASK_FLOOR, IterativeMaskOptimizer
 from sam_nnunet.modeling.pg_sam import PGSAM
-from sam_nnunet.modeling.prior_aligner import ModalityPriorAligner
-from sam_nnunet.modeling.registry import ENCODERS
-from sam_nnunet.modeling.text_prior import TEXT_DIM, ClassTextPrior, class_texts, encode_texts
+from sam_nnunet.modeling.blocks.prior_aligner import ModalityPriorAligner
+from sam_nnunet.modeling.blocks.registry import ENCODERS
+from sam_nnunet.modeling.blocks.text_prior import TEXT_DIM, ClassTextPrior, class_texts, encode_texts
 
 
 def sigmoid(x):
@@ -393,7 +393,7 @@ ACDC_JSON = {"labels": {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}, "channel_
 
 
 def test_encode_texts_works_offline(monkeypatch):
-    from sam_nnunet.modeling import text_prior
+    from sam_nnunet.modeling.blocks import text_prior
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
@@ -676,3 +676,18 @@ def test_without_mlff_sam_upscaling_is_loaded(official_sam, tmp_path, small_enco
         dest = "decoder." + k[len("mask_decoder."):]
         assert dest in report.loaded and torch.equal(state[dest], sd[k]), k
     assert not any(k.startswith("mask_decoder.output_upscaling.") for k in report.unexpected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_deformable_alignment_runs_in_fp32_under_autocast(dtype):
+    """torchvision's deformable convolution has no bf16 kernel (and none in fp16 on CPU): found by the device check
+    (benchmarks/gpu_check.py) run on CPU. Under autocast the alignment runs in fp32 and gives the fp32 result."""
+    torch.manual_seed(0)
+    align = DeformableAlign(8, 4, 8)
+    torch.nn.init.normal_(align.offset.weight, std=0.1)  # non-zero offsets: a real deformable sampling
+    guide, reference = torch.randn(2, 8, 12, 12), torch.randn(2, 4, 12, 12)
+    expected = align(guide, reference)
+    with torch.autocast("cpu", dtype=dtype):
+        got = align(guide.to(dtype), reference.to(dtype))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)  # the inputs' rounding to dtype only

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sam_nnunet.modeling.prompt_generator import ConvPromptGenerator, MSPGenerator, tokens_to_volume
+from sam_nnunet.modeling.blocks.prompt_generator import ConvPromptGenerator, MSPGenerator, tokens_to_volume
 
 
 @pytest.mark.parametrize("D,depth_mixing", [(1, False), (3, True), (3, False)])

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from sam_nnunet.modeling.adapters import DepthFusedAdapter, DepthMLPAdapter
-from sam_nnunet.modeling.checkpoint import load_sam_checkpoint
-from sam_nnunet.modeling.prompt_generator import ConvPromptGenerator, MSPGenerator
+from sam_nnunet.modeling.blocks.adapters import DepthFusedAdapter, DepthMLPAdapter
+from sam_nnunet.modeling.weights.checkpoint import load_sam_checkpoint
+from sam_nnunet.modeling.blocks.prompt_generator import ConvPromptGenerator, MSPGenerator
 from sam_nnunet.modeling.self_prompt_sam import SelfPromptSAM
 
 # Table 4: each row adds one part to the row before; every row keeps the generator per slice

@@ -39,7 +39,7 @@ def _worker(rank: int, port: int, env: dict, trainer_name: str, configuration: s
 
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from sam_nnunet.modeling import registry
+    from sam_nnunet.modeling.blocks import registry
 
     registry.ENCODERS["vit_test"] = registry.EncoderConfig(embed_dim=48, depth=4, num_heads=4,
                                                            global_attn_indexes=(1, 3), window_size=4, pretrained=False)
@@ -107,6 +107,7 @@ def _assert_ranks_agree_and_frozen_stay(result, steps):
 
 
 @pytest.mark.faults
+@pytest.mark.fault("training")
 def test_hsp_sam_with_checkpoint_trains_under_ddp(acdc_env, tmp_path, official_sam):
     result = _run(acdc_env, tmp_path, official_sam, "HSPSAMTrainer_5epochs", "2d", phases=[0])
     _assert_ranks_agree_and_frozen_stay(result, STEPS)
@@ -114,6 +115,7 @@ def test_hsp_sam_with_checkpoint_trains_under_ddp(acdc_env, tmp_path, official_s
 
 
 @pytest.mark.faults
+@pytest.mark.fault("training")
 def test_self_prompt_sam_with_checkpoint_trains_under_ddp_in_warmup_and_full_phase(acdc_env, tmp_path, official_sam):
     # 5 epochs: epoch 0 is the generator warm-up, epoch 1 the full loss
     result = _run(acdc_env, tmp_path, official_sam, "SelfPromptSAMTrainer_5epochs", "2d", phases=[0, 1])
@@ -123,6 +125,7 @@ def test_self_prompt_sam_with_checkpoint_trains_under_ddp_in_warmup_and_full_pha
 
 
 @pytest.mark.faults
+@pytest.mark.fault("training")
 def test_pg_sam_with_checkpoint_trains_under_ddp(acdc_env, tmp_path, official_sam):
     """Every PG-SAM part (text prior, aligner, MLFF's deformable convolution, IMO) gets a gradient on every rank."""
     result = _run(acdc_env, tmp_path, official_sam, "PGSAMTrainer_5epochs", "2d", phases=[0])

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from sam_nnunet.modeling.light_encoder import TinyViTEncoder, mobile_sam_key_map
-from sam_nnunet.modeling.registry import LIGHT_ENCODERS
+from sam_nnunet.modeling.blocks.light_encoder import TinyViTEncoder, mobile_sam_key_map
+from sam_nnunet.modeling.blocks.registry import LIGHT_ENCODERS
 
 PLANS = "nnUNetPlans_SAMcpu"
 

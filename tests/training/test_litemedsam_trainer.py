@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from sam_nnunet.modeling.light_encoder import mobile_sam_key_map
-from sam_nnunet.modeling.pretrained_files import LITEMEDSAM, resolve_checkpoint
+from sam_nnunet.modeling.blocks.light_encoder import mobile_sam_key_map
+from sam_nnunet.modeling.weights.pretrained_files import LITEMEDSAM, resolve_checkpoint
 
 
 def _trained_and_file_tinyvit(folder):

@@ -82,8 +82,6 @@ def test_table2_rows_by_trainer_name(acdc_env, name, parts):
 
 def _trainer_with_block(acdc_env, block, name="PGSAMTrainer"):
     """A trainer built from the preprocessed plans with a "sam_nnunet" block added in memory."""
-    from sam_nnunet import trainers_folder  # noqa: F401  (nnUNet_extTrainer is exported by the fixture)
-
     folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
     plans = copy.deepcopy(load_json(str(folder / f"{PLANS}.json")))
     plans["configurations"]["2d"].setdefault("sam_nnunet", {}).update(block)
@@ -109,7 +107,7 @@ def test_plans_switches_and_class_text_override(acdc_env):
 def test_builtin_descriptions_cover_the_project_datasets():
     """Every label the project's converters write gets its own anatomical sentence, not the generic fallback."""
     from sam_nnunet.datasets import acdc, amos, synapse
-    from sam_nnunet.modeling.text_prior import default_text
+    from sam_nnunet.modeling.blocks.text_prior import default_text
 
     names = [n for n in acdc.LABELS if n != "background"] + [n for n in synapse.LABELS if n != "background"]
     names += list(amos.ORGANS) + ["polyp", "lesion"]

@@ -1,17 +1,19 @@
 """The papers' setting with the project's own pretrained encoder: ``export-encoder`` from a trained fold,
 loaded through ``SAM_NNUNET_CHECKPOINT``, frozen, and fine-tuned with LoRA (HSP-SAM) or adapters
 (Self-Prompt-SAM) by the trainers' own code."""
+import math
 import os
 import shutil
 
 import pytest
 import torch
-from nnunetv2.run.run_training import get_trainer_from_args
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from sam_nnunet.cli import main as cli
-from sam_nnunet.export_encoder import encoder_state_dict, export_encoder
-from sam_nnunet.modeling.checkpoint import load_sam_checkpoint, official_sam_keys
-from sam_nnunet.modeling.lora import lora_layers, merge_lora
+from sam_nnunet.export.encoder import encoder_state_dict, export_encoder
+from sam_nnunet.modeling.weights.checkpoint import load_sam_checkpoint, official_sam_keys
+from sam_nnunet.modeling.blocks.lora import lora_layers, merge_lora
+from sam_nnunet.training.budget import budgeted, build_trainer
 
 CPU = torch.device("cpu")
 STEPS = 3
@@ -19,7 +21,7 @@ STEPS = 3
 
 def _golden_network(model_folder):
     """The committed golden fold (HSPSAMTrainer_20epochs, vit_tiny, 1 channel) with its trained weights."""
-    from sam_nnunet.export import load_fold_network
+    from sam_nnunet.export.model import load_fold_network
 
     return load_fold_network(model_folder, 0)[0]
 
@@ -92,19 +94,22 @@ def test_other_channel_counts_are_refused():
 
 
 def _fine_tune(trainer_name, configuration, checkpoint, monkeypatch):
-    """Real training steps with the exported encoder as SAM_NNUNET_CHECKPOINT; returns (trainer, before)."""
+    """Real training steps in Self-Prompt-SAM's full phase (every part in the loss; the schedule's last epoch), with
+    the exported encoder as SAM_NNUNET_CHECKPOINT; returns (trainer, weights before the steps)."""
     monkeypatch.setenv("SAM_NNUNET_CHECKPOINT", str(checkpoint))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     monkeypatch.setenv("SAM_NNUNET_SEED", "0")
-    t = get_trainer_from_args("27", configuration, 0, trainer_name, "nnUNetPlans_SAMcpu", device=CPU)
-    t.initialize()
-    t.dataloader_train, t.dataloader_val = t.get_dataloaders()
-    net = t._network()
-    before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    t.current_epoch = t.num_epochs - 1  # Self-Prompt-SAM: the full phase (every part in the loss)
-    t.on_train_epoch_start()
-    for _ in range(STEPS):
-        assert torch.isfinite(torch.tensor(t.train_step(next(t.dataloader_train))["loss"]))
+    before = {}
+
+    def snapshot(t):
+        before.update({n: p.detach().clone() for n, p in t._network().named_parameters()})
+
+    cls = budgeted(recursive_find_trainer_class_by_name(trainer_name), steps=STEPS, start_fraction=0.999,
+                   before_budget=snapshot)
+    t = build_trainer(cls, "27", configuration, 0, "nnUNetPlans_SAMcpu", CPU)
+    t.run_training()
+    assert t.budget_record.steps == STEPS and all(math.isfinite(loss) for loss in t.budget_record.losses)
+    assert [epoch for _, epoch in t.budget_record.schedule] == [999]  # one epoch, the full phase
     return t, before
 
 

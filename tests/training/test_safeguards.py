@@ -9,8 +9,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.run.run_training import get_trainer_from_args
 
-from sam_nnunet.training.safeguards import NonFiniteGuard, SaveSchedule
-from sam_nnunet.training.sam_trainer import RUN_INFO_FILE, TrainingDiverged
+from sam_nnunet.training.safeguards import RUN_INFO_FILE, NonFiniteGuard, SaveSchedule, TrainingDiverged
 
 pytestmark = pytest.mark.faults
 
@@ -19,6 +18,7 @@ CPU = torch.device("cpu")
 
 # ---------------------------------------------------------------- the optimiser hook on its own
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.AdamW, torch.optim.SGD])
+@pytest.mark.fault("training")
 def test_guard_skips_updates_with_non_finite_gradients_and_keeps_optimizer_state(optimizer_cls):
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
@@ -98,6 +98,7 @@ def _log(t):
     return open(t.log_file).read()
 
 
+@pytest.mark.fault("training")
 def test_nan_batches_in_a_row_stop_the_run_with_the_last_finite_weights_saved(acdc_env, monkeypatch):
     # 5 epochs x 2 iterations; the batches from the 4th on are NaN: epoch 0 and the first step of epoch 1 are finite
     t = _trainer_with_nan(monkeypatch, start=4, count=10 ** 9)
@@ -123,6 +124,7 @@ def test_nan_batches_in_a_row_stop_the_run_with_the_last_finite_weights_saved(ac
     assert not os.path.exists(join(t.output_folder, "checkpoint_final.pth"))
 
 
+@pytest.mark.fault("training")
 def test_a_single_nan_batch_is_skipped_and_training_goes_on(acdc_env, monkeypatch):
     t = _trainer_with_nan(monkeypatch, start=3, count=1)
     t.run_training()
@@ -152,6 +154,7 @@ def test_short_runs_write_checkpoint_latest_and_by_wall_time(acdc_env, monkeypat
     assert _log(t).count("checkpoint_latest.pth written (0.0001 minutes since the last)") == 4
 
 
+@pytest.mark.fault("training", cases=2)
 def test_resume_guard_compares_the_checkpoint_file_by_content_not_by_path(acdc_env, monkeypatch, tmp_path,
                                                                           official_sam, small_encoder):
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -177,7 +180,7 @@ def test_resume_guard_compares_the_checkpoint_file_by_content_not_by_path(acdc_e
     t = trainer(first)
     os.makedirs(t.output_folder, exist_ok=True)
     with open(join(t.output_folder, RUN_INFO_FILE), "w") as f:
-        json.dump(t._run_info(), f)
+        json.dump(t.run_identity(), f)
     latest = join(t.output_folder, "checkpoint_latest.pth")
     t.save_checkpoint(latest)
     info = json.loads(open(join(t.output_folder, RUN_INFO_FILE)).read())

@@ -1,7 +1,6 @@
 """SAMTrainerBase / HSPSAMTrainer in process, on the preprocessed ACDC crop."""
 import copy
 import inspect
-import json
 import re
 
 import pytest
@@ -11,7 +10,7 @@ from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-from sam_nnunet.modeling.checkpoint import CheckpointError
+from sam_nnunet.modeling.weights.checkpoint import CheckpointError
 from sam_nnunet.training.sam_trainer import SAMTrainerBase
 
 CPU = torch.device("cpu")
@@ -149,6 +148,7 @@ def test_sam_checkpoint_is_loaded_and_encoder_frozen_except_lora(acdc_env, monke
 
 
 @pytest.mark.parametrize("content, message", [(None, "not found"), (b"garbage", "corrupt, truncated")])
+@pytest.mark.bad_input("checkpoints")
 def test_bad_checkpoint_stops_the_run(acdc_env, monkeypatch, tmp_path, content, message):
     path = tmp_path / "sam.pth"
     if content is not None:
@@ -159,6 +159,7 @@ def test_bad_checkpoint_stops_the_run(acdc_env, monkeypatch, tmp_path, content, 
         t.initialize()
 
 
+@pytest.mark.fault("training")
 def test_non_finite_weights_are_never_saved(acdc_env, tmp_path):
     t = get_trainer_from_args("27", "2d", 0, "HSPSAMTrainer_1epoch", "nnUNetPlans_SAMcpu", device=CPU)
     t.initialize()
@@ -218,7 +219,7 @@ def test_plans_training_block_sets_the_optimiser_and_loss_of_the_named_trainer_a
     assert other.initial_lr == type(other).base_learning_rate and other.supervised_outputs == "all"
     for bad, match in (({"learning_rate": -1}, r"\['learning_rate'\] = -1 is not valid"),
                        ({"lr": 1e-3}, r"unknown settings \['lr'\]; expected some of "
-                                      r"\['checkpoint', 'freeze_pretrained', 'learning_rate'"),
+                                      r"\['checkpoint', 'freeze_pretrained', 'iterations_per_epoch', 'learning_rate'"),
                        ({"checkpoint": "/models/lite_medsam.pth"}, r"\['checkpoint'\] = '/models/lite_medsam.pth' is not "
                                                                    r"valid"),  # a name, not a path
                        ({"freeze_pretrained": "no"}, r"\['freeze_pretrained'\] = 'no' is not valid")):
@@ -255,7 +256,7 @@ def test_table5_rows_differ_only_in_their_switches_and_all_supervise_the_final_o
 def test_recorded_arguments_are_used_only_by_the_trainer_that_recorded_them(acdc_env):
     """Plans saved by an HSPSAMTrainer run name HSPSAM with its arguments: a variant built from them keeps
     its own switches, and building trainers never changes the caller's plans dict."""
-    from sam_nnunet.training.sam_trainer import RECORDED_BY_KEY
+    from sam_nnunet.training.network_from_plans import RECORDED_BY_KEY
 
     plans, dataset_json = _plans_with(acdc_env, "vit_tiny")
     before = copy.deepcopy(plans)

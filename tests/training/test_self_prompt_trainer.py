@@ -184,6 +184,7 @@ RESUME_CASES = {  # warm-up epochs, epoch of the crash, validation Dice per epoc
 
 
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
+@pytest.mark.fault("training")
 def test_resume_into_the_full_phase_does_not_bring_back_a_warmup_best(acdc_env, monkeypatch, case):
     """--c, i.e. load_checkpoint (which restores nnU-Net's _best_ema and EMA history), after a crash."""
     warmup, crash_at, dice, best_epoch, best_ema, logged = RESUME_CASES[case]

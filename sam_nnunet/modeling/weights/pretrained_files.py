@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .checkpoint_files import CheckpointError, file_fingerprint
+from sam_nnunet.modeling.weights.checkpoint_files import CheckpointError, file_fingerprint
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from timm.models.tiny_vit import ConvLayer, ConvNorm, PatchEmbed, PatchMerging, TinyVitBlock
 from torch import nn
 
-from .modality_controller import ModalityBag, attend_with_tokens
-from .registry import TinyViTConfig
+from sam_nnunet.modeling.blocks.modality_controller import ModalityBag, attend_with_tokens
+from sam_nnunet.modeling.blocks.registry import TinyViTConfig
 
 if TYPE_CHECKING:
-    from .checkpoint import LoadReport
+    from sam_nnunet.modeling.weights.checkpoint import LoadReport
 
 #: LoRA targets a TinyViT block has (its MLP is timm's ``fc1``/``fc2``, not SAM's ``lin1``/``lin2``)
 TINYVIT_LORA_TARGETS = ("qkv", "proj")
@@ -227,7 +227,7 @@ def build_lora_tinyvit(cfg: TinyViTConfig, *, in_chans: int, lora_rank: int, lor
                        ) -> "TinyViTEncoder":
     """The TinyViT of ``cfg`` with LoRA of ``lora_rank`` (0: none) on the ``lora_targets`` of every attention block,
     as HSP-SAM and PG-SAM put LoRA on SAM's ViT; the MBConv stage has no attention and gets none."""
-    from .lora import apply_lora
+    from sam_nnunet.modeling.blocks.lora import apply_lora
 
     if lora_rank < 0:
         raise ValueError(f"lora_rank must be >= 0 (0: no LoRA, encoder fine-tuned in full), got {lora_rank}")
@@ -254,7 +254,7 @@ def load_light_checkpoint(model: nn.Module, path) -> "LoadReport":
     training checkpoints, SAM 2 ...); in addition a SAM ViT file is refused with where it belongs, and the whole
     TinyViT trunk must be in the file (a frozen student with random parts is not the distilled one).
     """
-    from .checkpoint import _LORA_KEY, CheckpointError, load_mapped_state, read_sam_state_dict
+    from sam_nnunet.modeling.weights.checkpoint import _LORA_KEY, CheckpointError, load_mapped_state, read_sam_state_dict
 
     sd = read_sam_state_dict(path)
     if any(k.startswith(("image_encoder.blocks.", "image_encoder.patch_embed.proj.")) for k in sd):

@@ -10,7 +10,9 @@ Decoders are lenient in ways that turn a damaged file into a plausible image (me
 format: ``.nii.gz`` and compressed ``.mha`` are inflated to the end of their stream (a cut stream lacks its end
 marker and checksum) and must give the header's data offset plus voxels x bytes per voxel; ``.nii`` and
 uncompressed ``.mha`` must be that long on disk; a TIFF's page chain must be intact and every
-strip or tile inside the file; PNG and JPEG must decode fully with PIL's ``LOAD_TRUNCATED_IMAGES`` off.
+strip or tile inside the file; PNG and JPEG must decode fully with PIL's ``LOAD_TRUNCATED_IMAGES`` off. NIfTI
+voxels must also be finite: SimpleITK's NIfTI reader reads NaN and inf as 0 (SimpleITK 2.5), so a later check on the
+array it returns would pass them.
 :func:`read_header` gives what a header says (dimension, size, pixel components and type, geometry) without
 reading pixels, and :func:`grid_difference` compares two headers' grids.
 """
@@ -119,6 +121,13 @@ def _check_nifti(path: Path) -> None:
     found = path.stat().st_size if lower_suffix(path) == ".nii" else _inflated_length(path, 0, promised)
     if found < promised:
         raise _truncated(path, promised, found)
+    # SimpleITK's NIfTI reader (nnU-Net's) turns NaN and inf into 0 without a word, so the check on the array the
+    # model reads cannot see them: nibabel reads them as stored
+    voxels = np.asanyarray(proxy)
+    if voxels.dtype.kind in "fc" and not np.isfinite(voxels).all():
+        raise ImageCheckError(f"{path.name} holds NaN or infinite values ({int((~np.isfinite(voxels)).sum())} "
+                              f"voxels); the model needs finite intensities: replace them (e.g. by the background "
+                              f"value) in the exported image")
 
 
 def _inflated_length(path: Path, start: int, promised: int) -> int:

@@ -57,10 +57,10 @@ from torch import nn
 
 # reading and identifying files; CHECKPOINT_ENV, CheckpointError, file_fingerprint, peek_checkpoint and
 # read_sam_state_dict are part of this module's API too
-from .checkpoint_files import (_LORA_KEY, CHECKPOINT_ENV, EXPECTED, CheckpointError, file_fingerprint,  # noqa: F401
+from sam_nnunet.modeling.weights.checkpoint_files import (_LORA_KEY, CHECKPOINT_ENV, EXPECTED, CheckpointError, file_fingerprint,  # noqa: F401
                                peek_checkpoint, read_sam_state_dict)
-from .image_encoder import resize_pos_embed, resize_rel_pos
-from .registry import ENCODERS
+from sam_nnunet.modeling.blocks.image_encoder import resize_pos_embed, resize_rel_pos
+from sam_nnunet.modeling.blocks.registry import ENCODERS
 
 @dataclass
 class LoadReport:

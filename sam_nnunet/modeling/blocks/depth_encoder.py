@@ -8,7 +8,7 @@ Two additions make it see depth:
 * **adapters** in every block, AIM style (the paper follows AIM): one after multi-head
   self-attention, on the residual stream (with its own skip), and one in parallel to the MLP, whose
   output is added to the MLP's with AIM's scale 0.5. Their kind is a Table 4 switch
-  (:func:`~sam_nnunet.modeling.adapters.build_adapter`): the full model uses the DFusedAdapter.
+  (:func:`~sam_nnunet.modeling.blocks.adapters.build_adapter`): the full model uses the DFusedAdapter.
 
 The blocks are segment-anything ``Block`` subclasses: checkpoint keys stay the official ones
 (``blocks.{i}.attn.qkv.weight`` ...) and the adapters add ``blocks.{i}.adapter_attn.*`` /
@@ -25,8 +25,8 @@ import torch
 from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
 from torch import nn
 
-from .adapters import build_adapter
-from .image_encoder import SAMImageEncoder
+from sam_nnunet.modeling.blocks.adapters import build_adapter
+from sam_nnunet.modeling.blocks.image_encoder import SAMImageEncoder
 
 
 def feature_block_indexes(depth: int, count: int = 4) -> Tuple[int, ...]:
@@ -43,7 +43,7 @@ class AdaptedBlock(Block):
                  **block_kwargs) -> None:
         """
         Args:
-            adapter: kind, see :data:`~sam_nnunet.modeling.adapters.ADAPTER_KINDS`.
+            adapter: kind, see :data:`~sam_nnunet.modeling.blocks.adapters.ADAPTER_KINDS`.
             patch_depth: D, slices per patch (depth layers of the adapters).
             mlp_adapter_scale: weight of the MLP-parallel adapter (AIM: 0.5).
             index: position in the encoder (unused).

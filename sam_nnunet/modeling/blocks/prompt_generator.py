@@ -26,7 +26,7 @@ Depth mixing (``depth_mixing``, the paper does not say whether the generator is 
   always get the 1x3x3 kernels, whatever the flag.
 
 Both settings have the same parameter names; only the depth extent of the conv kernels differs.
-Convolutions are :class:`~sam_nnunet.modeling.conv.Conv3d` (batch-1 tiles through oneDNN on CPU).
+Convolutions are :class:`~sam_nnunet.modeling.blocks.conv.Conv3d` (batch-1 tiles through oneDNN on CPU).
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
-from .common import traceable_instance_norm
-from .conv import Conv3d
+from sam_nnunet.modeling.common import traceable_instance_norm
+from sam_nnunet.modeling.blocks.conv import Conv3d
 
 
 def tokens_to_volume(tokens: torch.Tensor, depth: int) -> torch.Tensor:

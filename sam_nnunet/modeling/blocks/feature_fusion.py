@@ -41,7 +41,7 @@ def upsample_stage(in_dim: int, out_dim: int) -> nn.Sequential:
 class DeformableAlign(nn.Module):
     """Align(G; theta): a 3x3 deformable convolution of G whose offsets come from [G, reference]."""
 
-    #: ONNX has DeformConv from opset 19 (``sam_nnunet.onnx_export`` reads this)
+    #: ONNX has DeformConv from opset 19 (``sam_nnunet.export.onnx_model`` reads this)
     min_onnx_opset = 19
 
     def __init__(self, in_dim: int, reference_dim: int, out_dim: int, kernel_size: int = 3) -> None:
@@ -58,6 +58,12 @@ class DeformableAlign(nn.Module):
     def forward(self, guide: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """guide: B x in_dim x H x W; reference: B x reference_dim x H x W -> B x out_dim x H x W."""
         offsets = self.offset(torch.cat([guide, reference.to(guide.dtype)], dim=1))
+        if torch.is_autocast_enabled(guide.device.type):
+            # torchvision's deformable convolution has no bf16 kernel (and none in fp16 on CPU): under autocast it
+            # runs in fp32, as autocast runs other precision-sensitive ops (found by benchmarks/gpu_check.py)
+            with torch.autocast(guide.device.type, enabled=False):
+                return deform_conv2d(guide.float(), offsets.float(), self.weight, self.bias,
+                                     padding=self.kernel_size // 2)
         return deform_conv2d(guide, offsets, self.weight, self.bias, padding=self.kernel_size // 2)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import InstanceNorm2d
+from sam_nnunet.modeling.common import InstanceNorm2d
 
 
 class ModalityAdapter(nn.Module):

@@ -25,8 +25,8 @@ from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
 from torch import Tensor, nn
 
-from .adapters import build_adapter
-from .mask_decoder import build_output_upscaling
+from sam_nnunet.modeling.blocks.adapters import build_adapter
+from sam_nnunet.modeling.blocks.mask_decoder import build_output_upscaling
 
 
 class AdaptedTwoWayAttentionBlock(TwoWayAttentionBlock):

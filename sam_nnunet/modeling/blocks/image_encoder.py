@@ -218,8 +218,8 @@ def build_lora_encoder(cfg, *, img_size: Sequence[int], in_chans: int, lora_rank
                        ) -> SAMImageEncoder:
     """The SAM ViT of a ``registry.EncoderConfig`` for a patch (padded to the ViT patch size), with LoRA of
     ``lora_rank`` on every block (0: none), as HSP-SAM and PG-SAM use it."""
-    from .common import padded_size
-    from .lora import apply_lora
+    from sam_nnunet.modeling.common import padded_size
+    from sam_nnunet.modeling.blocks.lora import apply_lora
 
     if lora_rank < 0:
         raise ValueError(f"lora_rank must be >= 0 (0: no LoRA, encoder fine-tuned in full), got {lora_rank}")

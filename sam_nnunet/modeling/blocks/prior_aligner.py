@@ -1,7 +1,7 @@
 """PG-SAM's fine-grained modality prior aligner, FGMPA (shared/papers/003, section 2.2, Eqs. 1-3).
 
 Given SAM features F_sam (B x C x h x w, L = h*w positions) and class text vectors F_text (K x C,
-:class:`~sam_nnunet.modeling.text_prior.ClassTextPrior`), it returns the semantic guide matrix G
+:class:`~sam_nnunet.modeling.blocks.text_prior.ClassTextPrior`), it returns the semantic guide matrix G
 (B x C x h x w)::
 
     s   = cos(F_img, F_text)                         B x K      F_img = mean of F_sam over positions
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
-from .common import InstanceNorm2d
+from sam_nnunet.modeling.common import InstanceNorm2d
 
 WEIGHTINGS = ("channel", "spatial")
 

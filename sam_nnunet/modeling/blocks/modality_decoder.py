@@ -22,8 +22,8 @@ import torch
 from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import nn
 
-from .mask_decoder import BatchedMLP, build_output_upscaling
-from .modality_controller import MODALITIES, _key, canonical_modality
+from sam_nnunet.modeling.blocks.mask_decoder import BatchedMLP, build_output_upscaling
+from sam_nnunet.modeling.blocks.modality_controller import MODALITIES, _key, canonical_modality
 
 SHARED = "shared"
 

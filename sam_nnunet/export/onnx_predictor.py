@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sam_nnunet.modeling.common import bare_network
-from sam_nnunet.onnx_export import INPUT_NAME, OUTPUT_NAME, read_export, require
+from sam_nnunet.export.onnx_model import INPUT_NAME, OUTPUT_NAME, read_export, require
 
 FOLD_KEY = "onnx_fold"
 

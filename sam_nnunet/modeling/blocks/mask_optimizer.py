@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mask_decoder import BatchedMLP
+from sam_nnunet.modeling.blocks.mask_decoder import BatchedMLP
 
 UPDATES = ("sigmoid", "signed")
 MASK_FLOOR = 1e-4

@@ -34,9 +34,9 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
-from sam_nnunet.modeling.checkpoint import is_trunk_key, official_sam_keys
+from sam_nnunet.modeling.weights.checkpoint import is_trunk_key, official_sam_keys
 from sam_nnunet.modeling.interface import SAMNetwork
-from sam_nnunet.modeling.lora import merge_lora
+from sam_nnunet.modeling.blocks.lora import merge_lora
 
 PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
 
@@ -75,7 +75,7 @@ def encoder_state_dict(network: nn.Module) -> Dict[str, torch.Tensor]:
 def export_encoder(model_folder: Union[str, os.PathLike], fold: Union[int, str], out_file: Union[str, os.PathLike],
                    checkpoint_name: str = "checkpoint_final.pth") -> Path:
     """Write fold ``fold`` of a trained model folder's image encoder to ``out_file`` (SAM key layout)."""
-    from sam_nnunet.export import load_fold_network
+    from sam_nnunet.export.model import load_fold_network
 
     out = Path(out_file)
     if out.exists():
@@ -96,7 +96,7 @@ def export_encoder_from_results(dataset: str, configuration: str, trainer: str, 
                                 out_file: Union[str, os.PathLike], checkpoint_name: str = "checkpoint_final.pth",
                                 results: Optional[str] = None) -> Path:
     """:func:`export_encoder` for a model in ``$nnUNet_results``, named as for ``nnUNetv2_predict``."""
-    from sam_nnunet.export import model_folder
+    from sam_nnunet.export.model import model_folder
 
     return export_encoder(model_folder(dataset, configuration, trainer, plans, results), fold, out_file,
                           checkpoint_name)

@@ -1,4 +1,4 @@
-"""Trained folds as ONNX models, for nnU-Net's sliding window on ONNX Runtime (:mod:`sam_nnunet.onnx_predictor`).
+"""Trained folds as ONNX models, for nnU-Net's sliding window on ONNX Runtime (:mod:`sam_nnunet.export.onnx_predictor`).
 
 ``sam_nnunet export-onnx -d 27 -c 2d -tr HSPSAMTrainer -p nnUNetPlans_SAMcpu -f 0 1 2 3 4 -o DIR`` writes
 
@@ -29,7 +29,7 @@ Choices:
   argmax of 99 % of the pixels instead.
 * Self-Prompt-SAM's prompt step (argmax, boxes, distance-transform point, SAM's prompt encoder) is part
   of the graph: its exact torch distance transform is used while tracing, never SciPy's (a trace would
-  freeze SciPy's output as a constant), see :mod:`sam_nnunet.modeling.auto_prompts`.
+  freeze SciPy's output as a constant), see :mod:`sam_nnunet.modeling.blocks.auto_prompts`.
 * What the exporter cannot express is reported with the trainer, the fold and the operator, e.g.
   ``aten::cummax``, rather than torch's raw traceback.
 * Only finished folds (``checkpoint_final.pth`` unless ``--checkpoint`` says otherwise) are exported,
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sam_nnunet.export import Fold, load_fold_network, model_folder, staged_model_folder
+from sam_nnunet.export.model import Fold, load_fold_network, model_folder, staged_model_folder
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"

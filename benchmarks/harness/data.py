@@ -1,0 +1,71 @@
+"""The data of a run: converted, planned and preprocessed once per ``--out``; the low-data split."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, List
+
+from benchmarks.harness.specs import DATASETS, PLANS, parse_trainer
+
+
+def prepare(args) -> Dict[str, Path]:
+    out = Path(args.out).resolve()
+    raw = Path(args.nnunet_raw).resolve() if args.nnunet_raw else out / "nnUNet_raw"
+    pre = Path(args.nnunet_preprocessed).resolve() if args.nnunet_preprocessed else out / "nnUNet_preprocessed"
+    results = out / f"nnUNet_results_{datetime.datetime.now():%Y%m%d_%H%M%S}"
+    from sam_nnunet import nnunet_env
+
+    os.environ.update(nnunet_env(nnUNet_raw=raw, nnUNet_preprocessed=pre, nnUNet_results=results),
+                      nnUNet_compile="false", nnUNet_n_proc_DA=str(args.processes), SAM_NNUNET_SEED=str(args.seed))
+    ds = DATASETS[args.dataset]
+    if not (pre / ds["name"] / f"{PLANS}.json").is_file():
+        from sam_nnunet.plans import write_sam_plans
+
+        if not (raw / ds["name"]).is_dir():
+            if args.dataset == "acdc":
+                from sam_nnunet.datasets.acdc import convert_acdc
+
+                convert_acdc(args.acdc, ds["id"], max_patients=args.patients)
+            else:
+                from sam_nnunet.datasets.kvasir import convert_kvasir
+
+                convert_kvasir(args.kvasir, ds["id"], max_cases=args.cases)
+        subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(ds["id"]), "-c", "2d", "-np", str(args.processes)],
+                       check=True, stdout=subprocess.DEVNULL)
+        write_sam_plans(str(ds["id"]), "cpu_tiny")
+    write_missing_shipped_plans(str(ds["id"]), pre / ds["name"], {parse_trainer(t)[1] for t in args.trainers})
+    if any(parse_trainer(t)[2] == "3d_fullres" for t in args.trainers):
+        plans = json.loads((pre / ds["name"] / "nnUNetPlans.json").read_text())
+        if "3d_fullres" not in plans["configurations"]:
+            raise SystemExit(f"{ds['name']} has no 3d_fullres configuration (nnU-Net plans one only for 3D data)")
+        if not (pre / ds["name"] / plans["configurations"]["3d_fullres"]["data_identifier"]).is_dir():
+            # the SAM plans keep nnU-Net's data identifier: preprocessing nnU-Net's 3d_fullres serves both
+            subprocess.run(["nnUNetv2_preprocess", "-d", str(ds["id"]), "-c", "3d_fullres", "-np", str(args.processes)],
+                           check=True, stdout=subprocess.DEVNULL)
+    return {"raw": raw, "preprocessed": pre, "results": results}
+
+
+def write_missing_shipped_plans(dataset: str, folder: Path, plans_names) -> None:
+    """Write the plans of every shipped preset (``plans/``) a row names but ``folder`` lacks, so that a row such as
+    ``HSPSAMTrainer@nnUNetPlans_SAMcpu_p8`` runs from an empty ``--out``; plans of no shipped preset are left to
+    ``sam_nnunet plans --preset FILE``, and the row then fails with nnU-Net's own missing-plans error."""
+    from sam_nnunet.plans import available_presets, load_preset, write_sam_plans
+
+    shipped = {load_preset(name)["plans_name"]: name for name in available_presets()}
+    for plans in sorted(plans_names):
+        if plans in shipped and not (folder / f"{plans}.json").is_file():
+            print(f"writing {plans} (preset {shipped[plans]})", flush=True)
+            write_sam_plans(dataset, shipped[plans])
+
+
+def low_data_split(train: List[str], n_patients: int) -> List[str]:
+    """The training cases of the first ``n_patients`` patients of fold 0's training set (ACDC's
+    ``patientXXX_frameYY``: every frame of a kept patient); the validation set stays the same."""
+    patients = sorted({c.split("_frame")[0] for c in train})
+    if n_patients > len(patients):
+        raise SystemExit(f"--train-patients {n_patients}: fold 0 has only {len(patients)} training patients")
+    kept = set(patients[:n_patients])
+    return [c for c in train if c.split("_frame")[0] in kept]
