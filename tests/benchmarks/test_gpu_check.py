@@ -1,0 +1,69 @@
+"""The device check (benchmarks/gpu_check.py) runs here on CPU at tiny sizes, so that the GPU run cannot fail for a
+reason a CPU run shows; its optimisers are the trainers'; its plans are nnU-Net's for the shipped ACDC data."""
+import inspect
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.gpu_check import ESP_LOSS_WEIGHTS, OPTIMISERS, PRECISIONS, TRAINERS, load_plans
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_each_row_uses_its_trainers_optimiser_and_learning_rate(monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from sam_nnunet import nnunet_env
+
+    monkeypatch.setenv("nnUNet_extTrainer", nnunet_env()["nnUNet_extTrainer"])
+    source = inspect.getsource(nnUNetTrainer.__init__)
+    nnunet = (float(re.search(r"self\.initial_lr = ([0-9.e-]+)", source).group(1)),
+              float(re.search(r"self\.weight_decay = ([0-9.e-]+)", source).group(1)))
+    assert OPTIMISERS["nnUNet"] == ("SGD", *nnunet)
+    for row, trainer in TRAINERS.items():
+        if row == "nnUNet":
+            continue
+        cls = recursive_find_trainer_class_by_name(trainer)
+        assert OPTIMISERS[row] == (cls.optimizer_name, cls.base_learning_rate, cls.base_weight_decay), row
+    esp = recursive_find_trainer_class_by_name("ESPMedSAMTrainer")
+    assert ESP_LOSS_WEIGHTS == (esp.focal_weight, esp.patch_weight)
+
+
+def test_the_plans_are_nnunets_for_the_shipped_acdc_data():
+    plans = load_plans()
+    assert plans["dataset_name"] == "Dataset027_ACDC"
+    two_d, three_d = plans["configurations"]["2d"], plans["configurations"]["3d_fullres"]
+    assert len(two_d["patch_size"]) == 2 and len(three_d["patch_size"]) == 3
+    assert two_d["architecture"]["network_class_name"].endswith("PlainConvUNet")
+
+
+def test_the_check_runs_on_cpu_at_tiny_sizes_and_writes_its_table(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path),
+                           "--device", "cpu", "--tiny", "--no-compile", "--steps", "2", "--warmup", "1",
+                           "--finite-steps", "5"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    results = report["results"]
+    assert [(r["row"], r["precision"]) for r in results] == [(row, p) for row in TRAINERS for p in PRECISIONS]
+    for r in results:
+        assert "error" not in r, r
+        assert r["step_s"] > 0 and r["steps_checked"] == 5 and r["step_gflop"] > 0
+        if r["precision"] == "fp32":
+            assert r["non_finite_losses"] == 0 and r["final_loss"] > 0
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table.count("\n| ") == len(results) + 1  # the header and one line per result
+
+
+def test_a_gpu_run_without_a_gpu_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and "torch sees no GPU here" in proc.stderr
