@@ -94,7 +94,7 @@ def test_other_channel_counts_are_refused():
 
 
 def _fine_tune(trainer_name, configuration, checkpoint, monkeypatch):
-    """Real training steps in Self-Prompt-SAM's full phase (every part in the loss; the schedule's last epoch), with
+    """Real training steps in Self-Prompt-SAM's full phase (every part in the loss; the last epoch of 5), with
     the exported encoder as SAM_NNUNET_CHECKPOINT; returns (trainer, weights before the steps)."""
     monkeypatch.setenv("SAM_NNUNET_CHECKPOINT", str(checkpoint))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
@@ -104,12 +104,13 @@ def _fine_tune(trainer_name, configuration, checkpoint, monkeypatch):
     def snapshot(t):
         before.update({n: p.detach().clone() for n, p in t._network().named_parameters()})
 
-    cls = budgeted(recursive_find_trainer_class_by_name(trainer_name), steps=STEPS, start_fraction=0.999,
-                   before_budget=snapshot)
+    # the last of 5 schedule epochs: Self-Prompt-SAM's full phase, at a learning rate that still moves every weight
+    cls = budgeted(recursive_find_trainer_class_by_name(trainer_name), steps=STEPS, schedule_epochs=5,
+                   start_fraction=0.8, before_budget=snapshot)
     t = build_trainer(cls, "27", configuration, 0, "nnUNetPlans_SAMcpu", CPU)
     t.run_training()
     assert t.budget_record.steps == STEPS and all(math.isfinite(loss) for loss in t.budget_record.losses)
-    assert [epoch for _, epoch in t.budget_record.schedule] == [999]  # one epoch, the full phase
+    assert [epoch for _, epoch in t.budget_record.schedule] == [4]  # one epoch, the full phase
     return t, before
 
 
