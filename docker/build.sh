@@ -61,8 +61,13 @@ if [ "$backend" = onnx ]; then
   python -m sam_nnunet.cli export-onnx -d "$dataset" -c "$config" -tr "$trainer" -p "$plans" -f $folds -o "$ctx/model"
   sed 's/^ARG EXTRAS=""$/ARG EXTRAS="[onnxruntime]"/' "$here/Dockerfile" > "$ctx/Dockerfile"
 else
+  # the model zip (weights, plans, card, and the cross-validation's postprocessing and winning configuration when
+  # crossval has run), installed as the image's results folder: the entrypoint runs that postprocessing
   # shellcheck disable=SC2086  # folds is a list
-  python -m sam_nnunet.cli export-model -d "$dataset" -c "$config" -tr "$trainer" -p "$plans" -f $folds -o "$ctx/model"
+  python -m sam_nnunet.cli export-model -d "$dataset" -c "$config" -tr "$trainer" -p "$plans" -f $folds \
+    --zip "$ctx/model.zip"
+  python -m sam_nnunet.cli install-model "$ctx/model.zip" --results "$ctx/model"
+  rm "$ctx/model.zip"
   cp "$here/Dockerfile" "$ctx/Dockerfile"
 fi
 echo "build context: $ctx"

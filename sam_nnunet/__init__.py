@@ -29,3 +29,17 @@ def nnunet_env(root: Optional[Union[str, Path]] = None, **folders: Union[str, Pa
         if folder is not None:
             env[var] = str(Path(folder).resolve())
     return env
+
+
+def predict(image, model, **options):
+    """The mask of one image by a shared model: :func:`sam_nnunet.sharing.predict.predict` (its manual)."""
+    from sam_nnunet.sharing.predict import predict as run
+
+    return run(image, model, **options)
+
+
+def load_model(model, **options):
+    """A model loaded once for many :func:`predict` calls: :func:`sam_nnunet.sharing.model.load_model`."""
+    from sam_nnunet.sharing.model import load_model as load
+
+    return load(model, **options)

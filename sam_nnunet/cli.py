@@ -7,6 +7,7 @@ module                                 commands
 :mod:`sam_nnunet.datasets.commands`    convert-acdc, convert-synapse, convert-amos, convert-kvasir, ...
 :mod:`sam_nnunet.demo`                 demo
 :mod:`sam_nnunet.export.commands`      export-model, export-encoder, export-onnx, predict-onnx
+:mod:`sam_nnunet.sharing.commands`     predict, install-model
 :mod:`sam_nnunet.evaluation.commands`  crossval, report
 :mod:`sam_nnunet.training.commands`    distill
 =====================================  ==================================================================
@@ -23,12 +24,14 @@ from sam_nnunet import demo, setup_commands
 from sam_nnunet.datasets import commands as dataset_commands
 from sam_nnunet.evaluation import commands as evaluation_commands
 from sam_nnunet.export import commands as export_commands
+from sam_nnunet.sharing import commands as sharing_commands
 from sam_nnunet.training import commands as training_commands
 
 DESCRIPTION = ("SAM networks as nnU-Net trainers: environment, pretrained weights, SAM plans, dataset conversion, the "
-               "CPU demo, model/encoder/ONNX export, ONNX Runtime prediction, cross-validation, reports, distillation")
+               "CPU demo, model/encoder/ONNX export, prediction with a shared model, ONNX Runtime prediction, "
+               "cross-validation, reports, distillation")
 REGISTER = (setup_commands.register, dataset_commands.register, demo.register, export_commands.register,
-            evaluation_commands.register, training_commands.register)
+            sharing_commands.register, evaluation_commands.register, training_commands.register)
 
 
 def build_parser():

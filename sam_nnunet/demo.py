@@ -1,8 +1,9 @@
 """``sam_nnunet demo``: the whole pipeline on the shipped ACDC data, on CPU, with the real commands.
 
 Convert (``sam_nnunet convert-acdc``), plan and preprocess (``nnUNetv2_plan_and_preprocess``), SAM plans
-(``sam_nnunet plans --preset``), train (``nnUNetv2_train``), predict the held-out patients (``nnUNetv2_predict``) and
-score them (``nnUNetv2_evaluate_simple``), each printed before it runs, in a new ``--out`` folder.
+(``sam_nnunet plans --preset``), train (``nnUNetv2_train``), predict the held-out patients (``nnUNetv2_predict``),
+score them (``nnUNetv2_evaluate_simple``) and export the model to share (``sam_nnunet export-model --zip``, to
+``OUT/model.zip``), each printed before it runs, in a new ``--out`` folder.
 """
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     per_class = ", ".join(f"{names[k]} {v['Dice']:.3f}" for k, v in summary["mean"].items())
     print(f"\nHeld-out Dice ({len(summary['metric_per_case'])} volumes): {per_class}; "
           f"mean {summary['foreground_mean']['Dice']:.3f}")
+    _run([sys.executable, "-m", "sam_nnunet.cli", "export-model", "-d", d, "-c", "2d", "-tr", trainer, "-p",
+          plans_name, "-f", "0", "--zip", str(out / "model.zip")], env)
+    example = sorted((raw / "imagesTs").glob("*.nii.gz"))[0]
+    print(f"\nPredict any image with the shared model: sam_nnunet predict -i {example} -o {out / 'one'} "
+          f"-m {out / 'model.zip'}")
     return 0
 
 

@@ -193,7 +193,9 @@ def distill(*, datasets: Sequence[str], out: str, configuration: str = "2d", pla
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     start, history = 0, []
     if partial.is_file():
-        state = torch.load(partial, map_location=dev, weights_only=False)
+        from sam_nnunet.sharing.trust import load_checkpoint
+
+        state = load_checkpoint(partial, map_location=dev)  # weights-only: a resumed file runs no code
         if state["args"] != args:
             changed = sorted(k for k in args if state["args"].get(k) != args[k])
             raise ValueError(f"{partial} was written by a distill run with other arguments ({changed}); run with "

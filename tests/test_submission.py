@@ -256,6 +256,24 @@ def test_rgb_model_predicts_jpeg_and_png_in_the_flat_layout(kvasir_model, kvasir
     assert checksums(inp) == before
 
 
+def test_the_predict_command_takes_a_photo_for_an_rgb_model(kvasir_model, kvasir_photo, tmp_path, in_process):
+    """``sam_nnunet predict`` on the same model and photo: the entrypoint's mask, and pixel counts (no spacing)."""
+    from sam_nnunet.cli import main as cli
+
+    inp = tmp_path / "input"
+    inp.mkdir()
+    shutil.copy(kvasir_photo, inp / "polyp.jpg")
+    assert main(["--model", str(kvasir_model), "--input", str(inp), "--output", str(tmp_path / "gc"), "--folds", "0",
+                 "--device", "cpu", "--no-mirroring"]) == 0
+    assert cli(["predict", "-i", str(inp / "polyp.jpg"), "-o", str(tmp_path / "out"), "-m", str(kvasir_model),
+                "--fast", "--device", "cpu", "--disable-progress-bar"]) == 0
+    with Image.open(tmp_path / "out" / "polyp.png") as mask, Image.open(tmp_path / "gc" / "polyp.png") as expected:
+        labels = np.asarray(mask)
+        np.testing.assert_array_equal(labels, np.asarray(expected))
+    (row,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["cases"]
+    assert row["spacing_mm"] is None and row["classes"]["polyp"] == {"label": 1, "voxels": int((labels == 1).sum())}
+
+
 def test_rgb_model_in_the_grand_challenge_layout_writes_mha_with_the_input_geometry(kvasir_model, kvasir_photo,
                                                                                      tmp_path, in_process, capsys):
     with Image.open(kvasir_photo) as im:
@@ -533,7 +551,7 @@ def test_empty_input_folder(volume_model, tmp_path, in_process, capsys):
     (tmp_path / "in").mkdir()
     rc, _, err = call_main(capsys, "--model", str(volume_model), "--input", str(tmp_path / "in"),
                            "--output", str(tmp_path / "out"))
-    assert rc == 2 and "holds no .nii.gz, .nii, .mha files (for the grand-challenge layout" in err
+    assert rc == 2 and "holds no .nii.gz, .nii, .mha, .nrrd files (for the grand-challenge layout" in err
 
 
 @pytest.mark.faults
@@ -591,6 +609,22 @@ def test_several_files_per_slug_are_paired_by_sorted_name(tmp_path, capsys):
         ("a-t2", ["a-t2.mha", "a-adc.mha"], tmp_path / "output" / "images" / "prostate" / "a-t2.mha"),
         ("b-t2", ["b-t2.mha", "b-adc.mha"], tmp_path / "output" / "images" / "prostate" / "b-t2.mha")]
     assert "paired by sorted file name: a-t2.mha + a-adc.mha; b-t2.mha + b-adc.mha" in capsys.readouterr().out
+
+
+def test_an_uploaded_model_in_opt_ml_model_replaces_the_baked_in_one(tmp_path, capsys):
+    from sam_nnunet.submission.run import choose_model
+
+    uploaded, baked = tmp_path / "opt" / "ml" / "model", tmp_path / "baked"
+    environ = {"SAM_NNUNET_MODEL": str(baked)}
+    assert choose_model(None, uploaded, environ) == baked  # nothing mounted
+    uploaded.mkdir(parents=True)
+    (uploaded / ".keep").write_text("")
+    assert choose_model(None, uploaded, environ) == baked  # mounted but empty
+    (uploaded / "model.zip").write_bytes(b"PK")
+    assert choose_model(None, uploaded, environ) == uploaded
+    assert "uploaded model" in capsys.readouterr().out
+    assert choose_model(str(tmp_path / "given"), uploaded, environ) == tmp_path / "given"
+    assert choose_model(None, tmp_path / "absent", {}) is None
 
 
 def test_output_slug_must_be_one_folder_name(tmp_path):

@@ -50,15 +50,23 @@ def prepare(args) -> Dict[str, Path]:
 
 def write_missing_shipped_plans(dataset: str, folder: Path, plans_names) -> None:
     """Write the plans of every shipped preset (``plans/``) a row names but ``folder`` lacks, so that a row such as
-    ``HSPSAMTrainer@nnUNetPlans_SAMcpu_p8`` runs from an empty ``--out``; plans of no shipped preset are left to
-    ``sam_nnunet plans --preset FILE``, and the row then fails with nnU-Net's own missing-plans error."""
+    ``HSPSAMTrainer@nnUNetPlans_SAMcpu_p8`` runs from an empty ``--out``, and stop when ``folder`` holds such plans
+    written from an older version of the preset (a row would silently run the old settings); plans of no shipped
+    preset are left to ``sam_nnunet plans --preset FILE``, and the row then fails with nnU-Net's own
+    missing-plans error."""
     from sam_nnunet.plans import available_presets, load_preset, write_sam_plans
 
     shipped = {load_preset(name)["plans_name"]: name for name in available_presets()}
     for plans in sorted(plans_names):
-        if plans in shipped and not (folder / f"{plans}.json").is_file():
+        if plans not in shipped:
+            continue
+        if not (folder / f"{plans}.json").is_file():
             print(f"writing {plans} (preset {shipped[plans]})", flush=True)
+        try:
             write_sam_plans(dataset, shipped[plans])
+        except FileExistsError:
+            raise SystemExit(f"{folder / plans}.json differs from what preset {shipped[plans]} gives now (written "
+                             f"from an older version of it): remove the file, and the harness writes it anew")
 
 
 def low_data_split(train: List[str], n_patients: int) -> List[str]:

@@ -12,8 +12,18 @@ def _export_folds(export, args: argparse.Namespace):
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from sam_nnunet.export.model import export_from_results
+    from sam_nnunet.export.model import export_from_results, model_folder
 
+    if args.zip:
+        from sam_nnunet.sharing.model_zip import export_model_zip
+
+        folds = [f if f == "all" else int(f) for f in args.folds]
+        source = model_folder(args.dataset, args.configuration, args.trainer, args.plans)
+        out = export_model_zip(source, args.zip, folds, args.checkpoint)
+        print(f"wrote {out} (folds {args.folds}, model card MODEL.md inside)\n"
+              f"predict: sam_nnunet predict -i IMAGE -o OUT -m {out}\n"
+              f"install for nnUNetv2_predict: nnUNetv2_install_pretrained_model_from_zip {out}")
+        return 0
     print(f"exported folds {args.folds} for inference: {_export_folds(export_from_results, args)}")
     return 0
 
@@ -54,20 +64,27 @@ def trained_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--plans", default="nnUNetPlans")
 
 
-def folds_out_args(p: argparse.ArgumentParser) -> None:
-    """-f -o --checkpoint of the commands that export a model folder."""
+def folds_out_args(p: argparse.ArgumentParser, zip_file: bool = False) -> None:
+    """-f -o --checkpoint of the commands that export a model folder (and --zip, instead of -o, for export-model)."""
     p.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"])
-    p.add_argument("-o", "--out", required=True, help="output folder (the model folder inside must not exist)")
+    out = p.add_mutually_exclusive_group(required=True) if zip_file else p
+    out.add_argument("-o", "--out", required=not zip_file,
+                     help="output folder (the model folder inside must not exist)")
+    if zip_file:
+        out.add_argument("--zip", help="write one model zip instead (nnU-Net's zip layout with the model card; "
+                                       "sam_nnunet predict -m and nnUNetv2_install_pretrained_model_from_zip take it)")
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint to export from each fold")
 
 
 def register(sub) -> None:
-    ex = sub.add_parser("export-model", help="copy a trained model for inference only (weights, plans, dataset.json)",
+    ex = sub.add_parser("export-model", help="copy a trained model for inference only, as a folder or a shareable zip",
                         description="Writes OUT/DatasetXXX/TRAINER__PLANS__CONFIG with plans.json, dataset.json and "
                                     "fold_X/checkpoint_final.pth reduced to what nnUNetv2_predict reads (no optimizer "
-                                    "state, logs or debug.json). Reads $nnUNet_results.")
+                                    "state, logs or debug.json); with --zip FILE, one zip in nnU-Net's model-zip layout "
+                                    "that also holds the fingerprint, validation and cross-validation summaries, "
+                                    "postprocessing, inference information and a model card. Reads $nnUNet_results.")
     trained_model_args(ex)
-    folds_out_args(ex)
+    folds_out_args(ex, zip_file=True)
     ex.set_defaults(func=cmd_export_model)
 
     ee = sub.add_parser("export-encoder", help="write a trained fold's image encoder as a SAM checkpoint",

@@ -13,7 +13,9 @@ state and grad scaler: about twice the weights again for a fully trained ViT), `
 paths, the machine's hostname and GPU), the training log and plots. A submission image needs none of
 it, and host paths should not leave the machine. The list here is an allow-list, so whatever nnU-Net
 adds to its checkpoints later stays out too. The slim checkpoint holds only tensors, strings and
-numbers, so it also loads with ``torch.load(..., weights_only=True)``.
+numbers, so it also loads with ``torch.load(..., weights_only=True)``. Checkpoints are read weights-only too
+(:func:`sam_nnunet.sharing.trust.load_checkpoint`). ``--zip`` writes one shareable file instead
+(:mod:`sam_nnunet.sharing.model_zip`).
 
 Nothing existing is overwritten: the destination model folder must not exist.
 """
@@ -28,6 +30,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 
 from sam_nnunet.modeling.common import bare_network
+from sam_nnunet.sharing.trust import load_checkpoint
 
 Fold = Union[int, str]
 INFERENCE_KEYS = ("network_weights", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")
@@ -92,9 +95,7 @@ def export_model(model_folder: Union[str, os.PathLike], out_root: Union[str, os.
     folds = list(folds)
     with staged_model_folder(model_folder, out_root, folds, checkpoint_name) as tmp:
         for fold in folds:
-            # this project's own training output
-            checkpoint = torch.load(Path(model_folder) / f"fold_{fold}" / checkpoint_name, map_location="cpu",
-                                    weights_only=False)
+            checkpoint = load_checkpoint(Path(model_folder) / f"fold_{fold}" / checkpoint_name)
             (tmp / f"fold_{fold}").mkdir()
             torch.save(slim_checkpoint(checkpoint), tmp / f"fold_{fold}" / "checkpoint_final.pth")
     return Path(out_root) / Path(model_folder).parent.name / Path(model_folder).name
@@ -139,18 +140,13 @@ def load_fold_network(model_folder: Union[str, os.PathLike], fold: Fold, checkpo
     """The network of one trained fold, built and loaded as ``nnUNetv2_predict`` does (deep supervision off,
     eval mode, CPU). Returns ``(network, predictor)``; the predictor carries plans, dataset.json, trainer
     name and mirroring axes. A fold without ``checkpoint_name`` is refused: it has not finished training."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    from sam_nnunet import trainers_folder
+    from sam_nnunet.sharing.trust import trusted_predictor
 
     source = Path(model_folder) / f"fold_{fold}" / checkpoint_name
     if not source.is_file():
         raise FileNotFoundError(f"no {checkpoint_name} in {source.parent}: the fold has not finished training "
                                 f"(nnUNetv2_train ... --c) or the checkpoint has another name")
-    os.environ.setdefault("nnUNet_extTrainer", trainers_folder())
-    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
-                                                   checkpoint_name=checkpoint_name)
+    predictor = trusted_predictor(model_folder, (fold,), checkpoint_name)
     network = bare_network(predictor.network)  # nnUNet_compile=true wraps it
     network.load_state_dict(predictor.list_of_parameters[0])
     return network.eval(), predictor

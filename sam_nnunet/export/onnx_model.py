@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from sam_nnunet.export.model import Fold, load_fold_network, model_folder, staged_model_folder
+from sam_nnunet.sharing.trust import load_checkpoint
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -219,7 +220,7 @@ def export_onnx(model_dir: Union[str, os.PathLike], out_root: Union[str, os.Path
         meta.update(created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), folds={})
         example = torch.randn(1, channels, *patch, generator=torch.Generator().manual_seed(0))
         for fold in folds:
-            checkpoint = torch.load(src / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
+            checkpoint = load_checkpoint(src / f"fold_{fold}" / checkpoint_name)
             network.load_state_dict(checkpoint["network_weights"])
             if verbose:
                 print(f"exporting fold {fold} of {predictor.trainer_name} ({type(network).__name__}, "

@@ -2,18 +2,23 @@
 
 Used as the Docker image's entrypoint (``docker/Dockerfile``) and runnable as is::
 
-    python -m sam_nnunet.submission --model MODEL_DIR [--input /input] [--output /output]
+    python -m sam_nnunet.submission [--model MODEL] [--input /input] [--output /output]
         [--layout auto|flat|grand-challenge] [--input-slug SLUG ...] [--output-slug SLUG] [--overwrite]
         [--folds 0 1 2 3 4] [--no-mirroring] [--device auto|cuda|cpu] [--checkpoint checkpoint_final.pth]
 
 Model
-  ``MODEL_DIR``: a trained-model folder (``<Trainer>__<Plans>__<configuration>`` holding plans.json,
-  dataset.json and fold_X/checkpoint_final.pth), or a folder with exactly one such folder below it (what
-  ``sam_nnunet export-model`` writes, and ``nnUNetv2_export_model_to_zip`` packs). Default:
-  ``$SAM_NNUNET_MODEL``. A folder written by ``sam_nnunet export-onnx`` (``onnx_export.json``,
-  ``fold_X/model.onnx``) runs on ONNX Runtime on the CPU (:mod:`sam_nnunet.export.onnx_predictor`), with the same
-  preprocessing, sliding window and export. The model's nnU-Net image I/O class (plans.json ``image_reader_writer``) decides
-  what a case is:
+  ``MODEL``: anything :func:`sam_nnunet.sharing.model.locate_model` takes: a model zip (``sam_nnunet export-model
+  --zip``, ``nnUNetv2_export_model_to_zip``), a trained-model folder (``<Trainer>__<Plans>__<configuration>`` holding
+  plans.json, dataset.json and fold_X/checkpoint_final.pth), a ``DatasetXXX_Name`` folder, or a folder with exactly
+  one of these below it (what ``sam_nnunet export-model`` writes). Default: grand-challenge's separately uploaded
+  model in ``/opt/ml/model`` when one is there, else the baked-in ``$SAM_NNUNET_MODEL``. A dataset folder with
+  ``inference_information.json`` runs its winning configuration, an ensemble of several models included, and the
+  postprocessing that cross-validation chose; so does a zip that holds them. Checkpoints are loaded weights-only
+  (:mod:`sam_nnunet.sharing.trust`). On the CPU, torch uses as many threads as the process may use
+  (:func:`sam_nnunet.cpus.usable_cpus`: affinity, cgroup quota, ``OMP_NUM_THREADS``), not the host's core count.
+  A folder written by ``sam_nnunet export-onnx`` (``onnx_export.json``, ``fold_X/model.onnx``) runs on ONNX Runtime
+  on the CPU (:mod:`sam_nnunet.export.onnx_predictor`), with the same preprocessing, sliding window and export. The
+  model's nnU-Net image I/O class (plans.json ``image_reader_writer``) decides what a case is:
 
   * volume models (SimpleITKIO and nnU-Net's other medical readers): scalar 2D/3D images, one file per
     channel, read and written by the model's own I/O class so that the axis conventions match training;
@@ -26,7 +31,7 @@ Model
 
 Layouts (``--layout``; ``auto``, the default, is grand-challenge when ``INPUT/images/`` exists, else flat)
   flat
-    The files directly in INPUT. Volume models: ``.nii.gz``, ``.nii``, ``.mha``; a model with N channels
+    The files directly in INPUT. Volume models: ``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``; a model with N channels
     takes N files per case, ``CASE_0000`` ... ``CASE_000{N-1}`` (nnU-Net's naming). Natural-image models:
     ``.png``, ``.jpg``, ``.jpeg``, one file per case. Masks: ``OUTPUT/CASE`` plus the input's extension
     (volume models; with the input's size, spacing, origin and direction), ``OUTPUT/CASE.png``
@@ -49,7 +54,7 @@ Order of work
      map to one mask; masks that exist already stop the run, listed, unless ``--overwrite``.
   2. One pass over all cases before the first prediction, reading each case fully and releasing it: every
      file must hold all the pixel data its header promises (:mod:`sam_nnunet.submission.image_checks`: truncated
-     ``.nii.gz``, ``.nii``, ``.mha``, TIFF, PNG, JPEG), the pixels must suit the model (components,
+     ``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``, TIFF, PNG, JPEG), the pixels must suit the model (components,
      dimension, bit depth), all channel files of a case must share one grid, the case must read as the
      model's channel count, and every value must be finite (NaN/inf is an error naming the file).
   3. Prediction, one case at a time (read, predict, write, release), so memory does not grow with the

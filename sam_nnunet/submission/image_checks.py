@@ -7,9 +7,9 @@ Decoders are lenient in ways that turn a damaged file into a plausible image (me
 * a truncated ``.mha`` fails, but with the message "No such file or directory".
 
 :func:`check_complete` therefore compares the pixel data a file holds with what its header promises, per
-format: ``.nii.gz`` and compressed ``.mha`` are inflated to the end of their stream (a cut stream lacks its end
-marker and checksum) and must give the header's data offset plus voxels x bytes per voxel; ``.nii`` and
-uncompressed ``.mha`` must be that long on disk; a TIFF's page chain must be intact and every
+format: ``.nii.gz``, compressed ``.mha`` and gzip ``.nrrd`` are inflated to the end of their stream (a cut stream
+lacks its end marker and checksum) and must give the header's data offset plus voxels x bytes per voxel; ``.nii``,
+uncompressed ``.mha`` and raw ``.nrrd`` must be that long on disk; a TIFF's page chain must be intact and every
 strip or tile inside the file; PNG and JPEG must decode fully with PIL's ``LOAD_TRUNCATED_IMAGES`` off. NIfTI
 voxels must also be finite: SimpleITK's NIfTI reader reads NaN and inf as 0 (SimpleITK 2.5), so a later check on the
 array it returns would pass them.
@@ -33,6 +33,15 @@ CHUNK = 1 << 22
 METAIMAGE_TYPE_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
                         "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8,
                         "MET_FLOAT": 4, "MET_DOUBLE": 8}
+# NRRD's type names (its specification lists the C spellings too), by element size in bytes
+NRRD_TYPE_SIZES = {**dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t"), 1),
+                   **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16", "int16_t",
+                                    "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), 2),
+                   **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                                    "uint32_t", "float"), 4),
+                   **dict.fromkeys(("longlong", "long long", "long long int", "signed long long",
+                                    "signed long long int", "int64", "int64_t", "ulonglong", "unsigned long long",
+                                    "unsigned long long int", "uint64", "uint64_t", "double"), 8)}
 GRID_TOLERANCE = 1e-4
 INFLATE_ZLIB_OR_GZIP = zlib.MAX_WBITS | 32  # detects the wrapper, as MetaIO and gzip readers do
 
@@ -187,6 +196,35 @@ def _check_metaimage(path: Path) -> None:
         raise _truncated(path, promised, found)
 
 
+def _check_nrrd(path: Path) -> None:
+    """An attached-data NRRD (``.nrrd``): raw or gzip data after the header's blank line, as long as its sizes say."""
+    fields: Dict[str, str] = {}
+    length = 0
+    with open(path, "rb") as f:
+        if not f.readline().startswith(b"NRRD"):
+            raise ImageCheckError(f"{path.name} is not a NRRD file (no NRRD magic line)")
+        length = f.tell()
+        for line in iter(f.readline, b""):
+            length += len(line)
+            if not line.strip():
+                break
+            key, sep, value = line.decode("latin-1").partition(":")
+            if sep and not line.startswith(b"#"):
+                fields[key.strip().lower()] = value.strip().lstrip("=").strip()
+    if "data file" in fields or "datafile" in fields:
+        raise ImageCheckError(f"{path.name} keeps its pixels in another file; expected one self-contained .nrrd")
+    try:
+        promised = int(np.prod([int(v) for v in fields["sizes"].split()])) * NRRD_TYPE_SIZES[fields["type"].lower()]
+    except (KeyError, ValueError) as e:
+        raise ImageCheckError(f"{path.name}: NRRD header without usable sizes/type ({e})") from None
+    encoding = fields.get("encoding", "raw").lower()
+    if encoding not in ("raw", "gzip", "gz"):
+        raise ImageCheckError(f"{path.name}: NRRD encoding {encoding!r}; expected raw or gzip")
+    found = _inflated_length(path, length, promised) if encoding != "raw" else path.stat().st_size - length
+    if found < promised:
+        raise _truncated(path, promised, found)
+
+
 class _Collect(logging.Handler):
     def __init__(self, messages: List[str]):
         super().__init__(logging.WARNING)
@@ -229,7 +267,7 @@ def _check_photo(path: Path) -> None:
 
 
 COMPLETENESS_CHECKS: Dict[str, Callable[[Path], None]] = {
-    ".nii.gz": _check_nifti, ".nii": _check_nifti, ".mha": _check_metaimage,
+    ".nii.gz": _check_nifti, ".nii": _check_nifti, ".mha": _check_metaimage, ".nrrd": _check_nrrd,
     **{ext: _check_tiff for ext in TIFF_EXTENSIONS}, **{ext: _check_photo for ext in PHOTO_EXTENSIONS}}
 
 

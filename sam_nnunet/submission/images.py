@@ -14,7 +14,7 @@ import numpy as np
 from sam_nnunet.submission.image_checks import PHOTO_EXTENSIONS, TIFF_EXTENSIONS, ImageHeader
 
 FLAT, GRAND_CHALLENGE = "flat", "grand-challenge"
-VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".mha")
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")
 GRAND_CHALLENGE_EXTENSIONS = (".mha",) + TIFF_EXTENSIONS
 MODEL_ENV, INPUT_SLUGS_ENV, OUTPUT_SLUG_ENV = "SAM_NNUNET_MODEL", "SAM_NNUNET_INPUT_SLUGS", "SAM_NNUNET_OUTPUT_SLUG"
 DEFAULT_OUTPUT_SLUG = "segmentation"
@@ -135,17 +135,6 @@ class NaturalImages:
 
         writer = NaturalImage2DIO if path.name.lower().endswith(".png") else SimpleITKIO
         writer().write_seg(seg, str(path), properties)
-
-
-def find_model_folder(path: Path) -> Path:
-    if (path / "plans.json").is_file() and (path / "dataset.json").is_file():
-        return path
-    found = sorted(p.parent for p in path.glob("*/*/plans.json")) + sorted(p.parent for p in path.glob("*/plans.json"))
-    found = [p for p in dict.fromkeys(found) if (p / "dataset.json").is_file()]
-    if len(found) != 1:
-        raise SubmissionError(f"expected one trained nnU-Net model (plans.json + dataset.json + fold_X/) in or "
-                              f"below {path}; found {len(found)}: {[str(p) for p in found]}")
-    return found[0]
 
 
 def model_images(model_dir: Path):

@@ -18,9 +18,12 @@ import sam_nnunet.submission as package
 from sam_nnunet.files import publish
 from sam_nnunet.submission.image_checks import ImageCheckError, check_complete, grid_difference, read_header
 from sam_nnunet.submission.images import (DEFAULT_OUTPUT_SLUG, FLAT, GRAND_CHALLENGE, INPUT_SLUGS_ENV, MODEL_ENV,
-                                          OUTPUT_SLUG_ENV, SubmissionError, find_model_folder, model_images,
+                                          OUTPUT_SLUG_ENV, SubmissionError, model_images,
                                           split_extension)
 from sam_nnunet.submission.layouts import Case, check_outputs, find_cases
+
+#: where grand-challenge unpacks a model uploaded separately from the image (its "model" tarball)
+UPLOADED_MODEL = Path("/opt/ml/model")
 
 
 def validate_case(images, case: Case, num_channels: int) -> None:
@@ -70,10 +73,11 @@ def write_atomically(images, seg: np.ndarray, properties: dict, target: Path) ->
         partial.unlink(missing_ok=True)
 
 
-def predict_case(predictor, images, case: Case) -> None:
-    """Read, predict and write one case; its image and mask are released on return."""
+def predict_case(model, images, case: Case) -> None:
+    """Read, predict (members, folds, postprocessing: :class:`sam_nnunet.sharing.model.Model`) and write one case;
+    its image and mask are released on return."""
     data, properties = images.read(case.files)
-    seg = predictor.predict_single_npy_array(data, properties, None, None, False)
+    seg, _ = model.predict(data, properties)
     case.output.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(images, seg, properties, case.output)
 
@@ -107,34 +111,6 @@ def check_model_files(model_dir: Path, folds: Optional[Sequence], checkpoint: st
                               f"{available}: choose --folds among them")
 
 
-def make_predictor(model_dir: Path, folds: Optional[Sequence], mirroring: bool, device: str, checkpoint: str):
-    """nnU-Net's predictor for ``model_dir``: torch, or ONNX Runtime for a folder from ``sam_nnunet export-onnx``."""
-    from sam_nnunet.export.onnx_model import METADATA_FILE
-
-    if (model_dir / METADATA_FILE).is_file():
-        if device == "cuda":
-            raise SubmissionError("the model is an ONNX export, which runs on the CPU: use --device cpu or auto")
-        from sam_nnunet.export.onnx_predictor import make_predictor as make_onnx_predictor
-
-        return make_onnx_predictor(model_dir, folds, use_mirroring=mirroring, allow_tqdm=False), "cpu (ONNX Runtime)"
-    from sam_nnunet import trainers_folder
-
-    # nnU-Net looks the trainer class up by name; ours live in the installed trainers/ folder
-    os.environ.setdefault("nnUNet_extTrainer", trainers_folder())
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=dev.type == "cuda", device=dev, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=folds, checkpoint_name=checkpoint)
-    return predictor, dev
-
-
 def predict_folder(model: Path, input_dir: Path, output_dir: Path, folds: Optional[Sequence] = None,
                    mirroring: bool = True, device: str = "auto", checkpoint: str = "checkpoint_final.pth", *,
                    layout: str = "auto", input_slugs: Sequence[str] = (), output_slug: str = DEFAULT_OUTPUT_SLUG,
@@ -143,8 +119,13 @@ def predict_folder(model: Path, input_dir: Path, output_dir: Path, folds: Option
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise SubmissionError(f"output folder {output_dir} must not be the input folder or inside it")
-    model_dir = find_model_folder(model)
-    images = model_images(model_dir)
+    from sam_nnunet.sharing.model import Model, locate_model
+
+    try:
+        files = locate_model(model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SubmissionError(str(e)) from e
+    images = model_images(files.members[0])
     layout, cases = find_cases(layout, input_dir, output_dir, images, input_slugs, output_slug)
     check_outputs(cases, output_dir, overwrite)
     for case in cases:
@@ -152,22 +133,38 @@ def predict_folder(model: Path, input_dir: Path, output_dir: Path, folds: Option
     print(f"checked {len(cases)} case(s) in {input_dir} ({layout} layout): complete, finite, "
           f"{images.describe_case()}", flush=True)
     check_output_writable(output_dir)
-    check_model_files(model_dir, folds, checkpoint)
-
-    predictor, dev = make_predictor(model_dir, folds, mirroring, device, checkpoint)
-    print(f"model {model_dir} (folds {list(folds) if folds else 'all found'}), device {dev}, "
-          f"mirroring {'on' if mirroring else 'off'}", flush=True)
+    for member in files.members:
+        check_model_files(member, folds, checkpoint)
+    if device == "cuda" and any((m / "onnx_export.json").is_file() for m in files.members):
+        raise SubmissionError("the model is an ONNX export, which runs on the CPU: use --device cpu or auto")
+    try:
+        loaded = Model(files, folds=folds, device=device, mirroring=mirroring, checkpoint=checkpoint)
+    except (FileNotFoundError, ValueError) as e:  # UntrustedModelError is a ValueError
+        raise SubmissionError(str(e)) from e
+    print(f"model {loaded.describe()}", flush=True)
     for i, case in enumerate(cases, 1):
         start = time.time()
-        predict_case(predictor, images, case)
+        predict_case(loaded, images, case)
         print(f"[{i}/{len(cases)}] {case.name} -> {case.output.relative_to(output_dir)} "
               f"({time.time() - start:.1f} s)", flush=True)
     return [case.output for case in cases]
 
 
+def choose_model(given: Optional[str], uploaded: Path = UPLOADED_MODEL, environ=os.environ) -> Optional[Path]:
+    """``--model`` when given; else grand-challenge's separately uploaded model, when ``uploaded`` holds anything;
+    else the baked-in model ``$SAM_NNUNET_MODEL``; else None."""
+    if given:
+        return Path(given)
+    if uploaded.is_dir() and any(p for p in uploaded.iterdir() if not p.name.startswith(".")):
+        print(f"using the uploaded model in {uploaded}", flush=True)
+        return uploaded
+    return Path(environ[MODEL_ENV]) if environ.get(MODEL_ENV) else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="sam_nnunet.submission", description=package.__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=os.environ.get(MODEL_ENV), help=f"trained model folder (default ${MODEL_ENV})")
+    p.add_argument("--model", default=None, help=f"trained model: folder or zip (default: {UPLOADED_MODEL} when "
+                                                  f"a model is uploaded there, else ${MODEL_ENV})")
     p.add_argument("--input", default="/input")
     p.add_argument("--output", default="/output")
     p.add_argument("--layout", default="auto", choices=["auto", FLAT, GRAND_CHALLENGE],
@@ -184,13 +181,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--checkpoint", default="checkpoint_final.pth")
     args = p.parse_args(argv)
-    if not args.model:
-        print(f"error: give --model or set {MODEL_ENV}", file=sys.stderr)
+    model = choose_model(args.model)
+    if model is None:
+        print(f"error: give --model, upload a model to {UPLOADED_MODEL} or set {MODEL_ENV}", file=sys.stderr)
         return 2
     input_slugs = args.input_slugs or [s.strip() for s in os.environ.get(INPUT_SLUGS_ENV, "").split(",") if s.strip()]
     folds = [f if f == "all" else int(f) for f in args.folds] if args.folds else None
     try:
-        written = predict_folder(Path(args.model), Path(args.input), Path(args.output), folds,
+        written = predict_folder(model, Path(args.input), Path(args.output), folds,
                                  mirroring=not args.no_mirroring, device=args.device, checkpoint=args.checkpoint,
                                  layout=args.layout, input_slugs=input_slugs, output_slug=args.output_slug,
                                  overwrite=args.overwrite)

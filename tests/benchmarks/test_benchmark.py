@@ -254,7 +254,8 @@ def test_trainer_at_plans_runs_on_another_plans_of_the_same_data(acdc_preprocess
 
 def test_rows_on_a_shipped_preset_get_its_plans_written(acdc_env):
     """``--trainers HSPSAMTrainer@nnUNetPlans_SAMcpu_p8`` from an empty --out: the harness writes the plans of the
-    shipped preset a row names; a plans name no shipped preset has is left alone (nnU-Net then names it)."""
+    shipped preset a row names; a plans name no shipped preset has is left alone (nnU-Net then names it); plans
+    that differ from their preset stop the harness."""
     from benchmarks.harness.data import write_missing_shipped_plans
 
     folder = acdc_env["nnUNet_preprocessed"] / DATASET
@@ -265,6 +266,12 @@ def test_rows_on_a_shipped_preset_get_its_plans_written(acdc_env):
         plans = json.loads(written.read_text())
         assert plans["configurations"]["2d"]["sam_nnunet"]["encoder"] == "vit_tiny_p8"
         assert not (folder / "nnUNetPlans_SAMnone.json").exists()
+        # plans written from an older version of the preset: the harness stops rather than run their settings
+        plans["configurations"]["2d"]["batch_size"] += 1
+        written.write_text(json.dumps(plans))
+        with pytest.raises(SystemExit, match="differs from what preset cpu_p8 gives now"):
+            write_missing_shipped_plans("27", folder, {"nnUNetPlans_SAMcpu_p8"})
+        assert json.loads(written.read_text()) == plans  # left as it was
     finally:
         written.unlink(missing_ok=True)
 

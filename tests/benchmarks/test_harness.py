@@ -2,6 +2,7 @@
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.harness.data import low_data_split
@@ -42,3 +43,18 @@ def test_a_row_is_its_trainer_with_a_budget_and_a_prior_row_carries_its_checkpoi
     assert scratch.pretrained_checkpoint is None and prior.pretrained_checkpoint == str(tmp_path / "enc.pth")
     with pytest.raises(SystemExit, match="nnUNetTrainer takes no pretrained file"):
         row_trainer_class("nnUNetTrainer+pretrained", args)
+
+
+def test_paired_dice_reports_the_difference_its_error_and_the_wins():
+    from benchmarks.paired_dice import dice, summary
+
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), bool)
+    b[:1] = True
+    assert dice(a, a) == 1.0 and dice(a, b) == pytest.approx(2 * 4 / (8 + 4)) and dice(a & False, b & False) == 1.0
+    line = summary({"v1": [0.9, 0.8], "v2": [0.7, 0.7], "v3": [0.5, 0.6]},
+                   {"v1": [0.8, 0.8], "v2": [0.8, 0.8], "v3": [0.4, 0.5]}, ["RV", "LV"])
+    # differences per volume: +0.05, -0.10, +0.10 -> mean +0.0167, sd 0.1041, se 0.0601
+    assert "A - B +0.0167 (standard error 0.0601)" in line and "A better on 2 of 3" in line
+    assert "RV +0.033, LV +0.000" in line
