@@ -55,10 +55,13 @@ class ModelFiles:
     postprocessing: Optional[Path]
     given: Path
 
-    def describe(self) -> str:
-        kind = f"ensemble of {len(self.members)}" if len(self.members) > 1 else "model"
-        pp = f"postprocessing {self.postprocessing.parent.name}/" if self.postprocessing else "no postprocessing"
-        return f"{kind} {', '.join(m.name for m in self.members)} ({pp})"
+    def describe(self, folds: Optional[Sequence] = None) -> str:
+        """The members (with their ``folds`` when given) and the postprocessing, for the log."""
+        members = [m.name + (f" folds {f}" if folds else "") for m, f in zip(self.members, folds or self.members)]
+        kind = f"ensemble of {len(self.members)}: " if len(self.members) > 1 else ""
+        pp = (f"postprocessing {self.postprocessing.parent.name}/{self.postprocessing.name}" if self.postprocessing
+              else "no postprocessing")
+        return f"{kind}{'; '.join(members)}; {pp}"
 
 
 def is_model_folder(path: Path) -> bool:
@@ -222,9 +225,7 @@ class Model:
         return [f if f == "all" else int(f) for f in chosen]
 
     def describe(self) -> str:
-        folds = "; ".join(f"{m.name} folds {f}" for m, f in zip(self.files.members, self.folds))
-        return (f"{self.files.describe()}: {folds}; device {self.backend}, mirroring "
-                f"{'on' if self.mirroring else 'off'}")
+        return f"{self.files.describe(self.folds)}; device {self.backend}, mirroring {'on' if self.mirroring else 'off'}"
 
     @property
     def labels(self) -> dict:

@@ -22,6 +22,8 @@ looked up by name among installed classes only, as nnU-Net does, so they run ins
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -127,7 +129,8 @@ def trusted_predictor(model_dir: Union[str, os.PathLike], folds: Optional[Sequen
     checkpoints = [load_checkpoint(model_dir / f"fold_{f}" / checkpoint_name) for f in folds]
     first = checkpoints[0]
     configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
-    trainer_class = recursive_find_trainer_class_by_name(first["trainer_name"])
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search; a miss is reported below
+        trainer_class = recursive_find_trainer_class_by_name(first["trainer_name"])
     if trainer_class is None:
         raise ValueError(f"{model_dir}: trainer {first['trainer_name']!r} is not installed here (nnU-Net's trainers "
                          f"and sam_nnunet's are; install the package that defines it)")
@@ -140,9 +143,10 @@ def trusted_predictor(model_dir: Union[str, os.PathLike], folds: Optional[Sequen
     network = trainer_class.build_network_architecture(*arguments, enable_deep_supervision=False)
     parameters: List[dict] = [c["network_weights"] for c in checkpoints]
     network.load_state_dict(parameters[0])
-    predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=device.type == "cuda", device=device,
-                                allow_tqdm=allow_tqdm)
+    with contextlib.redirect_stdout(io.StringIO()):  # its notes on CPU devices
+        predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    allow_tqdm=allow_tqdm)
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                     first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
     return predictor
