@@ -37,7 +37,8 @@ def test_build_script_assembles_committed_project_and_inference_only_model(train
     model = ctx / "model" / "Dataset027_ACDC" / "HSPSAMTrainer_1epoch__nnUNetPlans_SAMcpu__2d"
     assert sorted(str(p.relative_to(ctx / "model")) for p in (ctx / "model").rglob("*") if p.is_file()) == [
         f"{model.relative_to(ctx / 'model')}/{f}" for f in ("MODEL.md", "dataset.json", "dataset_fingerprint.json",
-                                                           "fold_0/checkpoint_final.pth", "model_card.json",
+                                                           "fold_0/checkpoint_final.pth",
+                                                           "fold_0/validation/summary.json", "model_card.json",
                                                            "plans.json")]
     # a second run never writes into a non-empty context folder
     again = subprocess.run(["bash", str(DOCKER / "build.sh"), "-d", "27", "-c", "2d", "--context-only", str(ctx)],
