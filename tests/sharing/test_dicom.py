@@ -1,6 +1,7 @@
 """DICOM in and out: a series written from a shipped ACDC volume (its pixels and geometry) predicts the mask of the
 volume's NIfTI, and the DICOM-SEG read back matches that mask voxel for voxel and references the series."""
 import json
+import locale
 
 import numpy as np
 import pydicom
@@ -20,6 +21,17 @@ def write_series(image: sitk.Image, folder):
     direction = image.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    # GDCM's DICOM writer sets the process's locale to "C" (ASCII): subprocesses started later with text=True would
+    # then fail to decode UTF-8 output. Put it back.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        write_slices(image, folder, direction, writer)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return folder
+
+
+def write_slices(image: sitk.Image, folder, direction, writer) -> None:
     for z in range(image.GetDepth()):
         slice_ = image[:, :, z]
         tags = {"0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0060": "MR", "0010|0010": "ACDC^patient023",
@@ -33,7 +45,6 @@ def write_series(image: sitk.Image, folder):
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"IM{z:04d}.dcm"))
         writer.Execute(slice_)
-    return folder
 
 
 @pytest.fixture
@@ -98,3 +109,9 @@ def test_dicom_seg_needs_dicom_input(model_copy, series_and_nifti, tmp_path, cap
     assert cli(["predict", "-i", str(nifti), "-o", str(tmp_path / "out"), "-m", str(model_copy),
                 "--output-type", "dicom_seg"]) == 2
     assert "give DICOM series" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_writing_a_series_leaves_the_locale_as_it_was(held_out_volume, tmp_path):
+    before = locale.setlocale(locale.LC_ALL)
+    write_series(heart_crop(held_out_volume)[:, :, :2], tmp_path / "series")
+    assert locale.setlocale(locale.LC_ALL) == before
