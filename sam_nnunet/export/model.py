@@ -49,16 +49,9 @@ def slim_checkpoint(checkpoint: dict) -> dict:
     return slim
 
 
-@contextlib.contextmanager
-def staged_model_folder(model_folder: Union[str, os.PathLike], out_root: Union[str, os.PathLike], folds: Sequence[Fold],
-                        checkpoint_name: str = "checkpoint_final.pth") -> Iterator[Path]:
-    """Checks and staging shared by the exports of a trained model folder (``.../DatasetXXX/TRAINER__PLANS__CONFIG``).
-
-    Refuses a folder without plans.json / dataset.json, folds without ``checkpoint_name`` (unfinished) and an
-    existing destination ``out_root/DatasetXXX/TRAINER__PLANS__CONFIG``. Yields a temporary folder next to
-    the destination holding plans.json and dataset.json; the caller adds the folds. On success the folder
-    is renamed to the destination, on any error removed.
-    """
+def check_exportable(model_folder: Union[str, os.PathLike], folds: Sequence[Fold], checkpoint_name: str) -> Path:
+    """Refuse a folder without plans.json / dataset.json, no folds, and folds without ``checkpoint_name``
+    (unfinished); returns the folder as a Path."""
     src = Path(model_folder)
     for name in ("plans.json", "dataset.json"):
         if not (src / name).is_file():
@@ -70,6 +63,20 @@ def staged_model_folder(model_folder: Union[str, os.PathLike], out_root: Union[s
     if absent:
         raise FileNotFoundError(f"missing {absent}: these folds have not finished training. Finish them "
                                 f"(nnUNetv2_train ... --c) or export other folds.")
+    return src
+
+
+@contextlib.contextmanager
+def staged_model_folder(model_folder: Union[str, os.PathLike], out_root: Union[str, os.PathLike], folds: Sequence[Fold],
+                        checkpoint_name: str = "checkpoint_final.pth") -> Iterator[Path]:
+    """Checks and staging shared by the exports of a trained model folder (``.../DatasetXXX/TRAINER__PLANS__CONFIG``).
+
+    Refuses a folder without plans.json / dataset.json, folds without ``checkpoint_name`` (unfinished) and an
+    existing destination ``out_root/DatasetXXX/TRAINER__PLANS__CONFIG``. Yields a temporary folder next to
+    the destination holding plans.json and dataset.json; the caller adds the folds. On success the folder
+    is renamed to the destination, on any error removed.
+    """
+    src = check_exportable(model_folder, folds, checkpoint_name)
     dest = Path(out_root) / src.parent.name / src.name
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; not overwriting it. Choose an empty output folder.")

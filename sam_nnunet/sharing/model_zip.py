@@ -42,7 +42,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from sam_nnunet.export.model import slim_checkpoint
+from sam_nnunet.export.model import check_exportable, slim_checkpoint
 from sam_nnunet.files import publish
 from sam_nnunet.sharing.card import CARD_JSON, CARD_MD, card_markdown, crossval_folder, model_card
 from sam_nnunet.sharing.trust import UntrustedModelError, check_plans, load_checkpoint
@@ -75,19 +75,9 @@ def export_model_zip(model_dir: PathLike, out_zip: PathLike, folds: Sequence,
                      checkpoint_name: str = "checkpoint_final.pth") -> Path:
     """Write ``model_dir`` (``$nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIG``) with ``folds`` to ``out_zip``
     (module docstring). Refuses an existing ``out_zip`` and folds without ``checkpoint_name``."""
-    src, out_zip = Path(model_dir), Path(out_zip)
-    dataset_dir = src.parent
-    for name in ("plans.json", "dataset.json"):
-        if not (src / name).is_file():
-            raise FileNotFoundError(f"{src} is not a trained nnU-Net model folder: {name} is missing")
     folds = [str(f) for f in folds]
-    if not folds:
-        raise ValueError("give at least one fold to export")
-    absent = [str(src / f"fold_{f}" / checkpoint_name) for f in folds
-              if not (src / f"fold_{f}" / checkpoint_name).is_file()]
-    if absent:
-        raise FileNotFoundError(f"missing {absent}: these folds have not finished training. Finish them "
-                                f"(nnUNetv2_train ... --c) or export other folds.")
+    src, out_zip = check_exportable(model_dir, folds, checkpoint_name), Path(out_zip)
+    dataset_dir = src.parent
     if out_zip.exists():
         raise FileExistsError(f"{out_zip} already exists; not overwriting it. Choose another file name.")
     if out_zip.suffix.lower() != ".zip":
