@@ -54,19 +54,42 @@ def _global_name(obj) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
+def _allowing():
+    """:data:`ALLOWED_GLOBALS` allowed for one load (torch >= 2.5), or from now on (torch 2.4); older torch has no
+    allow-list, so its weights-only load refuses numpy objects too."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        return serialization.safe_globals(ALLOWED_GLOBALS)
+    if hasattr(serialization, "add_safe_globals"):
+        serialization.add_safe_globals(ALLOWED_GLOBALS)
+    return contextlib.nullcontext()
+
+
+def _unsafe_globals(path: Path) -> List[str]:
+    """The globals ``path``'s pickle names that a weights-only load refuses, read without running any of them."""
+    allowed = {_global_name(g) for g in ALLOWED_GLOBALS}
+    try:
+        if hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):  # torch >= 2.5
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        else:
+            from sam_nnunet.modeling.weights.checkpoint_files import peek_checkpoint
+
+            peeked = peek_checkpoint(path)
+            names = [n for n in (peeked[1] if peeked else []) if not n.startswith(("torch.", "collections."))]
+    except Exception:  # not a torch zip file at all
+        return []
+    return [n for n in names if n not in allowed]
+
+
 def load_checkpoint(path: Union[str, os.PathLike], map_location="cpu") -> dict:
     """``torch.load(path, weights_only=True)`` with :data:`ALLOWED_GLOBALS`; a file naming anything else is refused
     with :class:`UntrustedModelError` naming it (the file's code is not run)."""
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+        with _allowing():
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        allowed = {_global_name(g) for g in ALLOWED_GLOBALS}
-        try:
-            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
-        except Exception:  # not a torch zip file at all
-            unsafe = []
+        unsafe = _unsafe_globals(path)
         if unsafe:
             raise UntrustedModelError(
                 f"{path} was not loaded: it names {', '.join(unsafe)}, which nnU-Net checkpoints do not hold (tensors, "

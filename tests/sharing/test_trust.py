@@ -95,3 +95,16 @@ def test_trusted_predictor_equals_nnunets_own_initialisation(crop_file):
     assert seg_ours.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(crop_file))).shape
     assert set(np.unique(seg_ours)) == {0, 1, 2, 3}
     np.testing.assert_array_equal(seg_ours, seg_theirs)
+
+
+def test_on_a_torch_without_the_allow_list_helpers_the_refusal_still_names_the_global(tmp_path, monkeypatch):
+    """torch 2.4 (add_safe_globals only, no safe_globals context, no get_unsafe_globals_in_checkpoint), as in some
+    base images: the file is still refused, named by reading its pickle without running it."""
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    monkeypatch.delattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
+    added = []
+    monkeypatch.setattr(torch.serialization, "add_safe_globals", added.extend)
+    marker = tmp_path / "ran"
+    with pytest.raises(UntrustedModelError, match=r"posix\.system"):
+        load_checkpoint(hostile_checkpoint(tmp_path / "c.pth", marker))
+    assert not marker.exists() and added  # the allow-list was handed to torch
