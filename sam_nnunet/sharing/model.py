@@ -189,7 +189,7 @@ class Model:
             torch.set_num_threads(threads or usable_cpus())
         self.predictors, self.folds = [], []
         for member in files.members:
-            member_folds = self._folds(member, folds, fast, METADATA_FILE if onnx else checkpoint)
+            member_folds = self._folds(member, folds, fast, checkpoint, onnx)
             if onnx:
                 from sam_nnunet.export.onnx_predictor import make_predictor
 
@@ -205,11 +205,11 @@ class Model:
         self.backend = "ONNX Runtime" if onnx else str(self.device)
 
     @staticmethod
-    def _folds(member: Path, folds: Optional[Sequence], fast: bool, weights_file: str) -> List:
-        if (member / weights_file).is_file():  # ONNX export: the metadata lists the folds
+    def _folds(member: Path, folds: Optional[Sequence], fast: bool, weights_file: str, onnx: bool) -> List:
+        if onnx:  # an ONNX export's metadata lists its folds
             from sam_nnunet.export.onnx_model import read_export
 
-            available = list(read_export(member)["folds"])
+            available, weights_file = list(read_export(member)["folds"]), "model.onnx"
         else:
             available = sorted((p.parent.name[len("fold_"):] for p in member.glob(f"fold_*/{weights_file}")),
                                key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0))
