@@ -20,6 +20,7 @@ E2E_TESTS = (
     "tests/docker/test_image.py", "tests/docker/test_docker.py", "tests/datasets/test_kvasir_end_to_end.py",
     "tests/datasets/test_synapse.py::test_pg_sam_trains_and_predicts_on_converted_synapse",
     "tests/modeling/test_compile.py", "tests/sharing/test_nnunet_round_trip.py",
+    "tests/datasets/test_universal_end_to_end.py",
     "tests/benchmarks/test_gpu_check.py::test_the_check_runs_on_cpu_at_tiny_sizes_and_writes_its_table",
     "tests/benchmarks/test_gpu_check.py::test_the_carry_script_fetches_the_wheels_and_the_prior_into_a_folder",
 )

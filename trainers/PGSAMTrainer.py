@@ -19,7 +19,8 @@ from sam_nnunet.training.variants import epoch_variants, with_network_kwargs
 class PGSAMTrainer(SAMTrainerBase):
     network_class = "sam_nnunet.modeling.pg_sam.PGSAM"
     default_network_kwargs = {"encoder": "vit_b", "lora_rank": 4, "aligner": True, "fusion": True,
-                              "mask_optimizer": True, "text_prior": "text", "aligner_weighting": "channel",
+                              "mask_optimizer": True, "text_prior": "text", "text_projection": "isometry",
+                              "aligner_weighting": "channel",
                               "optimizer_iterations": 3, "optimizer_update": "sigmoid"}
     base_weight_decay = 0.1
     dice_weight = 0.8
@@ -66,6 +67,8 @@ PGSAMTrainer_FGMPA = _variant("PGSAMTrainer_FGMPA", "Table 2 row II", fusion=Fal
 PGSAMTrainer_FGMPA_MLFF = _variant("PGSAMTrainer_FGMPA_MLFF", "Table 2 row III", mask_optimizer=False)
 PGSAMTrainer_LearnedClasses = _variant("PGSAMTrainer_LearnedClasses", "text ablation", text_prior="learned")
 PGSAMTrainer_NoText = _variant("PGSAMTrainer_NoText", "text ablation", text_prior="none")
+PGSAMTrainer_TrainableTextProjection = _variant("PGSAMTrainer_TrainableTextProjection", "text ablation",
+                                                text_projection="trainable")
 PGSAMTrainer_SpatialWeights = _variant("PGSAMTrainer_SpatialWeights", "literal Eq. 1", aligner_weighting="spatial")
 PGSAMTrainer_SignedUpdate = _variant("PGSAMTrainer_SignedUpdate", "IMO update", optimizer_update="signed")
 

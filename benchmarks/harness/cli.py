@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-patients", type=int, default=None,
                    help="acdc, low-data mode: train on the first N patients of fold 0's training set (both frames); "
                         "validation stays fold 0's")
+    p.add_argument("--train-source", choices=sorted(DATASETS["universal"]["sources"]), default=None,
+                   help="universal: train and validate on this source's cases of fold 0 only (the per-dataset model "
+                        "on the same data, against the universal model's Dice on that source)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations-per-epoch", type=int, default=50)
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
     if os.environ.get("SAM_NNUNET_CHECKPOINT"):
         p.error("SAM_NNUNET_CHECKPOINT is set; it would override the checkpoint of every row. Unset it: rows named "
                 f"NAME{PRETRAINED} take --checkpoint, and a plans preset names its own (e.g. cpu_hsp_medsam)")
+    if args.train_source and args.dataset != "universal":
+        p.error("--train-source is for --dataset universal")
     if args.quick:
         args.steps, args.warmup, args.budget_min, args.val_cases, args.iterations_per_epoch = 3, 1, 0.1, 1, 5
     out = Path(args.out)
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
             "machine": machine(args.device), "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
             "dataset": DATASETS[args.dataset]["name"], "split": DATASETS[args.dataset]["split"],
             "labels": DATASETS[args.dataset]["labels"], "checkpoint": args.checkpoint,
-            "train_patients": args.train_patients}
+            "train_patients": args.train_patients, "train_source": args.train_source}
     (out / "results.json").write_text(json.dumps({"meta": meta, "trainers": rows}, indent=2))
     (out / "results.md").write_text(markdown(rows, meta) + "\n")
     plot(rows, out / "results.png", meta["labels"])

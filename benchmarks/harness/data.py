@@ -25,14 +25,7 @@ def prepare(args) -> Dict[str, Path]:
         from sam_nnunet.plans import write_sam_plans
 
         if not (raw / ds["name"]).is_dir():
-            if args.dataset == "acdc":
-                from sam_nnunet.datasets.acdc import convert_acdc
-
-                convert_acdc(args.acdc, ds["id"], max_patients=args.patients)
-            else:
-                from sam_nnunet.datasets.kvasir import convert_kvasir
-
-                convert_kvasir(args.kvasir, ds["id"], max_cases=args.cases)
+            convert(args.dataset, args, raw)
         subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(ds["id"]), "-c", "2d", "-np", str(args.processes)],
                        check=True, stdout=subprocess.DEVNULL)
         write_sam_plans(str(ds["id"]), "cpu_tiny")
@@ -46,6 +39,32 @@ def prepare(args) -> Dict[str, Path]:
             subprocess.run(["nnUNetv2_preprocess", "-d", str(ds["id"]), "-c", "3d_fullres", "-np", str(args.processes)],
                            check=True, stdout=subprocess.DEVNULL)
     return {"raw": raw, "preprocessed": pre, "results": results}
+
+
+def convert(dataset: str, args, raw: Path) -> None:
+    """Convert ``dataset`` into ``raw`` (the universal one: ACDC and Kvasir-SEG first, each unless there, then
+    merged)."""
+    ds = DATASETS[dataset]
+    if dataset == "acdc":
+        from sam_nnunet.datasets.acdc import convert_acdc
+
+        convert_acdc(args.acdc, ds["id"], max_patients=args.patients)
+    elif dataset == "kvasir":
+        from sam_nnunet.datasets.kvasir import convert_kvasir
+
+        convert_kvasir(args.kvasir, ds["id"], max_cases=args.cases)
+    else:
+        from sam_nnunet.datasets.universal import merge_universal
+
+        for source in ("acdc", "kvasir"):
+            if not (raw / DATASETS[source]["name"]).is_dir():
+                convert(source, args, raw)
+        merge_universal([str(DATASETS[s]["id"]) for s in ("acdc", "kvasir")], ds["id"])
+
+
+def source_cases(cases: List[str], source: str) -> List[str]:
+    """The cases of the universal dataset that come from ``source`` (their names start with it)."""
+    return [c for c in cases if c.startswith(f"{source}_")]
 
 
 def write_missing_shipped_plans(dataset: str, folder: Path, plans_names) -> None:

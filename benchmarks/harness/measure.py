@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from benchmarks.harness.data import low_data_split
+from benchmarks.harness.data import low_data_split, source_cases
 from benchmarks.harness.machine import machine_probe_s, peak_rss_mb, peak_rss_reset
 from benchmarks.harness.specs import DATASETS, parse_trainer
 
@@ -39,6 +39,8 @@ def row_trainer_class(name: str, args) -> type:
             train, val = super().do_split()
             if args.train_patients:  # low-data mode: fewer training patients, the same validation volumes
                 train = low_data_split(train, args.train_patients)
+            if getattr(args, "train_source", None):  # the universal dataset's per-dataset model
+                train, val = source_cases(train, args.train_source), source_cases(val, args.train_source)
             return train, val
 
         def before_budget(self) -> None:
@@ -151,7 +153,14 @@ def benchmark_trainer(name: str, args, paths) -> dict:
         io.write_seg(seg, str(pred_dir / f"{case}{ending}"), props)
     row.update(infer_s_per_volume=statistics.median(infer_times), infer_peak_rss_mb=peak_rss_mb(),
                val_cases=list(val_cases))
-    row["dice"], row["hd95"] = metrics_per_class(raw / "labelsTr", pred_dir, val_cases, io, ending, ds["labels"])
+    labels = ds["labels"]
+    if getattr(args, "train_source", None):
+        labels = {k: v for k, v in labels.items() if k in ds["sources"][args.train_source]}
+    row["dice"], row["hd95"] = metrics_per_class(raw / "labelsTr", pred_dir, val_cases, io, ending, labels)
+    if "sources" in ds:  # the universal dataset: the mean Dice on each source's validation cases
+        row["mean_dice_by_source"] = {
+            src: float(np.mean([row["dice"][k] for k in keys])) for src, keys in ds["sources"].items()
+            if all(k in row["dice"] and np.isfinite(row["dice"][k]) for k in keys)}
     print(f"[{name}] inference {row['infer_s_per_volume']:.2f} s/case; Dice {row['dice']}; HD95 {row['hd95']}",
           flush=True)
     return row

@@ -23,6 +23,8 @@ def row_settings(args) -> dict:
                                                "checkpoint")}
     if args.train_patients:  # only when set, so that rows kept before the low-data mode existed still match
         settings["train_patients"] = args.train_patients
+    if getattr(args, "train_source", None):
+        settings["train_source"] = args.train_source
     return settings
 
 

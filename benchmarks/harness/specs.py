@@ -19,6 +19,13 @@ DATASETS = {  # --dataset: nnU-Net id and name, label names, what the split is
              "split": "fold 0 of splits_final.json (patient-grouped, sam_nnunet convert-acdc)"},
     "kvasir": {"id": 311, "name": "Dataset311_KvasirSEG", "labels": {"1": "polyp"},
                "split": "fold 0 of splits_final.json (nnU-Net's random 5-fold split of the images)"},
+    # ESP-MedSAM's universal path: ACDC (slices) and Kvasir-SEG merged (sam_nnunet merge-universal); a source's cases
+    # start with its name, its labels are its own (``--train-source``: the per-dataset model on the same data)
+    "universal": {"id": 400, "name": "Dataset400_Universal",
+                  "labels": {"1": "RV", "2": "MLV", "3": "LVC", "4": "polyp"},
+                  "split": "fold 0 of splits_final.json (merge-universal: ACDC's patient-grouped folds, nnU-Net's for "
+                           "Kvasir-SEG; ACDC volumes as 2D slices)",
+                  "sources": {"ACDC": ["1", "2", "3"], "KvasirSEG": ["4"]}},
 }
 
 

@@ -47,7 +47,8 @@ def cmd_convert_acdc(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add convert-acdc, convert-synapse, convert-amos, convert-kvasir, convert-cvc and convert-isic to ``subparsers``."""
+    """Add convert-acdc, convert-synapse, convert-amos, convert-kvasir, convert-cvc, convert-isic, merge-universal and
+    modality-channel to ``subparsers``."""
     a = subparsers.add_parser("convert-acdc", help="ACDC (official layout) -> nnU-Net raw dataset + patient splits")
     a.add_argument("-i", "--input", required=True, help="ACDC folder holding training/ (and testing/)")
     a.add_argument("-d", "--dataset-id", type=int, default=27)
@@ -80,3 +81,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--year", type=int, choices=[2017, 2018], default=None,
                    help="challenge year (default: read from the folder names)")
     p.set_defaults(func=_handler("isic.convert_isic", "year"))
+
+    u = subparsers.add_parser("merge-universal", help="several converted datasets -> one 2D dataset for ESP-MedSAM's "
+                                                      "universal path (a modality channel per case)")
+    u.add_argument("-d", "--datasets", nargs="+", required=True, help="converted datasets (ids or names in nnUNet_raw)")
+    u.add_argument("-o", "--dataset-id", type=int, required=True, help="id of the merged dataset")
+    u.add_argument("--name", default="Universal", help="name of the merged dataset (default Universal)")
+    u.add_argument("--cases", type=int, default=None, metavar="N", help="use only the first N cases of each source")
+    u.set_defaults(func=cmd_merge_universal)
+
+    m = subparsers.add_parser("modality-channel", help="write the modality channel (<case>_0003.nii.gz) of images "
+                                                       "to predict with a universal ESP-MedSAM model")
+    m.add_argument("-i", "--input", required=True, help="folder of <case>_0000.nii.gz ... images")
+    m.add_argument("-d", "--dataset", required=True, help="the universal dataset the model was trained on")
+    m.add_argument("-m", "--modality", required=True, help="the images' modality (one the model was trained on)")
+    m.set_defaults(func=cmd_modality_channel)
+
+
+def cmd_merge_universal(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.universal import merge_universal
+
+    merge_universal(args.datasets, args.dataset_id, name=args.name, max_cases=args.cases)
+    return 0
+
+
+def cmd_modality_channel(args: argparse.Namespace) -> int:
+    from sam_nnunet.datasets.universal import write_modality_channel
+
+    written = write_modality_channel(args.input, args.dataset, args.modality)
+    print(f"{len(written)} modality channels written ({args.modality}) in {args.input}")
+    return 0

@@ -113,6 +113,10 @@ def export_network(network: nn.Module, example: torch.Tensor, path: Union[str, o
 
     Raises :class:`OnnxExportError` naming the operator the exporter cannot handle.
     """
+    if getattr(network, "modality_codes", None):
+        raise OnnxExportError(f"{type(network).__name__} on the universal path reads each sample's modality channel "
+                              f"and routes the batch by it, which a traced graph cannot hold: predict it with "
+                              f"nnUNetv2_predict (or sam_nnunet predict), not ONNX")
     opset = opset or required_opset(network)
     if opset >= 19:
         _register_deform_conv()

@@ -17,9 +17,18 @@ the teacher's PEFT tokens; ESP-MedSAM-T). Two names, so that a plans preset that
 leaves the student's TinyViT alone.
 
 Table VI switches: ``light_encoder`` + ``controller`` (MMDKD's student; rows without MMDKD use SAM's ViT
-without bags), ``patch_prompts`` (SPPG) and ``modality_queries`` (QDMD; off: one shared query set).
+without bags), ``patch_prompts`` (SPPG) and ``modality_queries`` (QDMD; off: one shared query set). With one
+modality QDMD has one query set and *is* the shared decoder (same parameters and outputs), so the trainers refuse
+the rows that differ by QDMD alone there. The student's size: ``"tiny_vit_5m"`` (MobileSAM's, about 11 % of the
+ViT-B baseline) or ``"tiny_vit_21m"`` (the paper's ESP-MedSAM-S size, about 31 %; Table VI: 29.1 M of 90.6 M).
 Others: ``modality`` (the bag and query set used: the dataset's, from the trainer), ``modalities``,
 ``num_tokens`` / ``hidden_ratio`` (bag sizes), ``patch_layers`` (L).
+
+**The universal path** (``modality_codes``; shared/papers/004's setting: one model across modalities): a dataset
+made of several (:mod:`sam_nnunet.datasets.universal`) carries each case's modality in its last input channel
+(:mod:`.modality_channel`); ``forward`` reads it per sample, drops it, and runs the samples of each modality with
+that modality's bags and query set, so a sample's bag and queries follow its modality in training, validation
+and ``nnUNetv2_predict`` alike.
 
 Outputs: output 0 is the mask logits resized bilinearly to the input size; with deep supervision and SPPG,
 output 1 is the patch logits (B x K' x (D x) ceil(H/p) x ceil(W/p), p = 16 * 2^L), which the trainer's loss
@@ -28,7 +37,7 @@ zero-padded to a multiple of p (16 without SPPG); 5D input (3d_fullres) runs sli
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +49,8 @@ from sam_nnunet.modeling.common import Outputs, padded_size, slices_for_vit, tra
 from sam_nnunet.modeling.blocks.image_encoder import SAMImageEncoder, build_sam_neck
 from sam_nnunet.modeling.blocks.light_encoder import TinyViTEncoder, image_encoder_key, load_light_checkpoint
 from sam_nnunet.modeling.litemedsam import check_encoder_input, encoder_input, encoder_stride
-from sam_nnunet.modeling.blocks.modality_controller import ControlledSAMBlock, ModalityController
+from sam_nnunet.modeling.blocks.modality_channel import decode_modalities
+from sam_nnunet.modeling.blocks.modality_controller import ControlledSAMBlock, ModalityController, canonical_modality
 from sam_nnunet.modeling.blocks.modality_decoder import QueryDecoupledModalityDecoder
 from sam_nnunet.modeling.blocks.patch_prompt import SelfPatchPromptGenerator
 from sam_nnunet.modeling.blocks.registry import TinyViTConfig, get_encoder_config, get_light_encoder_config
@@ -68,6 +78,7 @@ class ESPMedSAM(nn.Module):
         patch_layers: int = 1,
         input_scaling: str = "none",
         encoder_scale: float = 1.0,
+        modality_codes: Optional[Mapping[str, float]] = None,
         deep_supervision: bool = True,
     ) -> None:
         """
@@ -89,11 +100,14 @@ class ESPMedSAM(nn.Module):
                 quarter of the encoder's cost); the masks are brought back to the input's size. LiteMedSAM's stride-1
                 stem makes its encoder ~90x a vit_tiny_p8's FLOPs per pixel; docs/benchmark_log.md measures what s = 0.5
                 costs its prior (box-prompt Dice on ACDC).
+            modality_codes: the universal path (several modalities in one dataset): modality -> the value of the
+                modality channel, the input's last channel (:mod:`.modality_channel`). Each sample then runs with
+                its own modality's bags and query set; ``modalities`` are the codes' and every one of them trains.
             deep_supervision: also return the patch logits (when SPPG is on).
         """
         super().__init__()
         cfg = get_light_encoder_config(light_encoder) if light_encoder else get_encoder_config(encoder)
-        self.num_input_channels = num_input_channels
+        self.num_input_channels = num_input_channels  # nnU-Net's, the modality channel included
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
         self.light = isinstance(cfg, TinyViTConfig)
@@ -103,6 +117,14 @@ class ESPMedSAM(nn.Module):
         # input pixels per SPPG patch (per embedding pixel without SPPG)
         self.patch_size = encoder_stride(cfg.patch_size, self.encoder_scale) * (2 ** patch_layers if patch_prompts else 1)
         dim = cfg.decoder_dim
+        self.modality_codes = {canonical_modality(m): float(v) for m, v in modality_codes.items()} \
+            if modality_codes else None
+        if self.modality_codes is not None:
+            modalities = tuple(self.modality_codes)
+            modality = modality if canonical_modality(modality) in modalities else modalities[0]
+            num_input_channels -= 1  # the encoder does not see the modality channel
+            if num_input_channels < 1:
+                raise ValueError("the universal path needs image channels besides the modality channel")
         modalities = tuple(modalities) if modalities else (modality,)
         if self.light:
             self.encoder = TinyViTEncoder(cfg, in_chans=num_input_channels)
@@ -123,16 +145,19 @@ class ESPMedSAM(nn.Module):
             dim=dim, num_masks=num_classes, active=modality, modalities=modalities, decoupled=modality_queries,
             depth=cfg.decoder_depth, mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_heads)
         self.pe_layer = PositionEmbeddingRandom(dim // 2)  # SAM's dense positional encoding, alpha
+        if self.modality_codes is not None:  # every modality's bags and queries train (a batch mixes them)
+            self.requires_grad_(True)
 
     @property
     def modality(self) -> str:
         return self.decoder.active
 
-    def select_modality(self, modality: str) -> None:
-        """Run with ``modality``'s bags and query set (the others get no gradient)."""
+    def select_modality(self, modality: str, freeze_others: bool = True) -> None:
+        """Run with ``modality``'s bags and query set; ``freeze_others``: the others get no gradient (False: only
+        route, as the universal path does within a batch, where every modality's parameters keep training)."""
         if self.controller is not None:
-            self.controller.select(modality)
-        self.decoder.select(modality)
+            self.controller.select(modality, freeze_others)
+        self.decoder.select(modality, freeze_others)
 
     def image_embedding(self, x: torch.Tensor, with_bags: bool = True) -> torch.Tensor:
         """E: B x C_in x H x W (multiples of 16) -> B x C x H/16 x W/16, with the active modality's bags, or with
@@ -161,13 +186,36 @@ class ESPMedSAM(nn.Module):
         Returns B x K x (D x) H x W logits, or with deep supervision and SPPG [those, patch logits].
         """
         x, depth, (H, W) = slices_for_vit(self, x)
+        if self.modality_codes is None:
+            outputs = self._outputs(x, H, W)
+        else:
+            outputs = self._outputs_per_modality(x, H, W)
+        if depth is not None:
+            outputs = [unfold_depth(o, depth) for o in outputs]
+        return outputs if self.deep_supervision else outputs[0]
+
+    def _outputs(self, x: torch.Tensor, H: int, W: int) -> List[torch.Tensor]:
+        """The active modality's outputs for x (B x C x H' x W', padded), cropped to H x W."""
         masks, patch_logits = self.decode(self.image_embedding(x))
         outputs = [F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]]
         if self.deep_supervision and patch_logits is not None:
             outputs.append(patch_logits[..., : -(-H // self.patch_size), : -(-W // self.patch_size)])
-        if depth is not None:
-            outputs = [unfold_depth(o, depth) for o in outputs]
-        return outputs if self.deep_supervision else outputs[0]
+        return outputs
+
+    def _outputs_per_modality(self, x: torch.Tensor, H: int, W: int) -> List[torch.Tensor]:
+        """The universal path: each sample's modality from its last channel; the samples of one modality run
+        together with its bags and query set, and the outputs go back into the batch's order."""
+        names = decode_modalities(x[:, -1], self.modality_codes)
+        x = x[:, :-1]
+        active, order, parts = self.modality, [], []
+        for modality in dict.fromkeys(names):
+            index = [i for i, name in enumerate(names) if name == modality]
+            self.select_modality(modality, freeze_others=False)
+            parts.append(self._outputs(x[index], H, W))
+            order.extend(index)
+        self.select_modality(active, freeze_others=False)
+        inverse = torch.argsort(torch.tensor(order, device=x.device))
+        return [torch.cat([p[k] for p in parts])[inverse] for k in range(len(parts[0]))]
 
     def deep_supervision_scales(self, ndim: int) -> List[List[float]]:
         """One nnU-Net target, at full resolution: the patch targets are max-pooled from it by the loss."""

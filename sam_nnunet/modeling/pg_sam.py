@@ -21,7 +21,8 @@ Ablation switches (Table 2; trainers ``PGSAMTrainer_Baseline`` / ``_FGMPA`` / ``
 * ``fusion`` off: SAM's own 4x upscaling (DeConv-LN-GELU-DeConv-GELU) instead of MLFF;
 * ``mask_optimizer`` off: the coarse masks are the prediction.
 
-Other switches: ``text_prior`` ("text" / "learned" / "none"), ``aligner_weighting`` ("channel" /
+Other switches: ``text_prior`` ("text" / "learned" / "none"), ``text_projection`` ("isometry": fixed, so that
+the texts' geometry constrains the class vectors; "trainable"), ``aligner_weighting`` ("channel" /
 "spatial", see :mod:`.prior_aligner`), ``optimizer_iterations`` and ``optimizer_update``
 ("sigmoid" / "signed", see :mod:`.mask_optimizer`), ``lora_rank``.
 
@@ -75,6 +76,7 @@ class PGSAM(nn.Module):
         fusion: bool = True,
         mask_optimizer: bool = True,
         text_prior: str = "text",
+        text_projection: str = "isometry",
         aligner_weighting: str = "channel",
         optimizer_iterations: int = 3,
         optimizer_update: str = "sigmoid",
@@ -94,6 +96,7 @@ class PGSAM(nn.Module):
             lora_rank / lora_targets: LoRA on every encoder block (rank 4 as SAMed and the paper); 0: none.
             aligner / fusion / mask_optimizer: Table 2's switches (FGMPA, MLFF, IMO).
             text_prior: "text", "learned" or "none" (:mod:`.text_prior`).
+            text_projection: "isometry" (fixed: the texts' geometry reaches W_s) or "trainable" (:mod:`.text_prior`).
             aligner_weighting: "channel" or "spatial" (:mod:`.prior_aligner`).
             optimizer_iterations / optimizer_update: IMO's T and update (:mod:`.mask_optimizer`).
             class_texts: the class descriptions (recorded for the record; their vectors are a buffer).
@@ -129,7 +132,7 @@ class PGSAM(nn.Module):
                                               out_indexes=(cfg.depth - 1,))
             self.neck = build_sam_neck(cfg.embed_dim, dim)
         self.text_prior = ClassTextPrior(num_targets=num_targets, feature_dim=dim, mode=text_prior,
-                                         text_dim=text_dim) if aligner else None
+                                         text_dim=text_dim, projection=text_projection) if aligner else None
         self.aligner = ModalityPriorAligner(dim=dim, num_targets=num_targets, num_positions=grid[0] * grid[1],
                                             weighting=aligner_weighting,
                                             similarity=text_prior != "none") if aligner else None

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.harness.data import low_data_split
+from benchmarks.harness.data import low_data_split, source_cases
 from benchmarks.harness.measure import row_trainer_class
 from benchmarks.harness.rows import row_file
 from benchmarks.harness.specs import PLANS, parse_trainer
@@ -25,6 +25,18 @@ def test_low_data_split_keeps_every_frame_of_the_first_patients():
                                         "patient002_frame12"]
     with pytest.raises(SystemExit, match="fold 0 has only 3 training patients"):
         low_data_split(train, 4)
+
+
+def test_a_universal_source_keeps_its_own_cases_and_labels():
+    from benchmarks.harness.cli import main
+    from benchmarks.harness.specs import DATASETS
+
+    cases = ["ACDC_patient001_frame01_z00", "KvasirSEG_cju0qkwl35piu0993l0dewei2", "ACDC_patient002_frame12_z03"]
+    assert source_cases(cases, "ACDC") == [cases[0], cases[2]] and source_cases(cases, "KvasirSEG") == [cases[1]]
+    universal = DATASETS["universal"]
+    assert sorted(k for keys in universal["sources"].values() for k in keys) == sorted(universal["labels"])
+    with pytest.raises(SystemExit):  # argparse: --train-source is for the universal dataset
+        main(["--out", "unused", "--dataset", "acdc", "--train-source", "ACDC"])
 
 
 def test_a_row_is_its_trainer_with_a_budget_and_a_prior_row_carries_its_checkpoint_on_the_class(tmp_path, monkeypatch):

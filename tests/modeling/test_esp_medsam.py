@@ -18,6 +18,7 @@ from sam_nnunet.modeling.blocks.patch_prompt import SelfPatchPromptGenerator, pa
 from sam_nnunet.modeling.blocks.registry import LIGHT_ENCODERS
 from sam_nnunet.training.losses import ESPMedSAMLoss, FocalDiceLoss, FocalLoss
 from sam_nnunet.training.lr_schedules import ExponentialLRScheduler
+from tests.modeling.gradients import weak_gradients
 
 MICRO = dict(light_encoder="tiny_vit_micro")
 
@@ -96,12 +97,26 @@ def test_controlled_sam_block_is_eq2_and_plain_without_bag():
     plain = Block(**kwargs).eval()
     plain.load_state_dict(block.state_dict())
     x = torch.randn(2, 4, 4, 32)
+    bag = ModalityBag(32, num_tokens=5)
+    torch.nn.init.normal_(bag.up.weight)  # a trained bag: the parallel MLP is not zero, the tokens not small
+    torch.nn.init.normal_(bag.v_tokens)
     with torch.no_grad():
         torch.testing.assert_close(block(x), plain(x))
-        bag = ModalityBag(32, num_tokens=5)
         out = block(x, bag)
-    assert not torch.allclose(out, plain(x))
-    assert out.shape == x.shape
+        # Eq. 2 from segment-anything's own attention parts: its qkv, its decomposed relative-position bias over
+        # the image pairs (none for the pairs with a token), the tokens concatenated in float64
+        from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+
+        a = plain.attn
+        n = plain.norm1(x)
+        q, k, v = a.qkv(n).reshape(2, 16, 3, 2, -1).permute(2, 0, 3, 1, 4).unbind(0)  # B x heads x N x d
+        bias = add_decomposed_rel_pos(torch.zeros(4, 16, 16), q.reshape(4, 16, -1), a.rel_pos_h, a.rel_pos_w,
+                                      (4, 4), (4, 4)).view(2, 2, 16, 16)
+        att = _eq2_reference(q, k, v, bias, bag)
+        e = x + a.proj(att.float().transpose(1, 2).reshape(2, 4, 4, 32))
+        expected = e + plain.mlp(plain.norm2(e)) + bag.up(F.gelu(bag.down(e)))  # Eq. 3: the bag reads E itself
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert (out - plain(x)).abs().max() > 0.1  # and the bag matters
 
 
 def test_controller_switches_by_modality_and_only_the_chosen_bag_learns():
@@ -218,6 +233,47 @@ def test_qdmd_runs_the_active_query_set_only():
     assert list(shared.queries) == ["shared"]
 
 
+def test_qdmd_is_eqs_6_and_7_with_the_active_query_set():
+    """Eq. 6: SAM's two-way transformer with modality n's queries; Eq. 7: per class k, f_MLP^n_k of the transformed
+    query (segment-anything's own MLP class, loaded with the k-th weights) dotted with the upscaled embedding."""
+    from segment_anything.modeling.mask_decoder import MLP
+
+    torch.manual_seed(0)
+    dec = QueryDecoupledModalityDecoder(dim=32, num_masks=3, active="MRI", modalities=("CT", "MRI"), mlp_dim=64,
+                                        num_heads=2).eval()
+    for p in dec.hypernetworks.parameters():
+        torch.nn.init.normal_(p, std=0.3)  # biases too
+    e, pe = torch.randn(2, 32, 4, 4), torch.randn(1, 32, 4, 4)
+    with torch.no_grad():
+        out = dec(e, pe)
+        tokens, src = dec.transformer(e, pe, dec.queries["MRI"].weight.unsqueeze(0).expand(2, -1, -1))
+        upscaled = dec.output_upscaling(src.transpose(1, 2).reshape(2, 32, 4, 4))
+        hyper = dec.hypernetworks["MRI"]
+        for k in range(3):
+            mlp = MLP(32, 32, 4, 3)
+            for i, layer in enumerate(mlp.layers):
+                layer.weight.copy_(hyper.weights[i][k].t())
+                layer.bias.copy_(hyper.biases[i][k])
+            expected = torch.einsum("bc,bchw->bhw", mlp(tokens[:, k]), upscaled)
+            torch.testing.assert_close(out[:, k], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_qdmd_with_one_modality_is_the_shared_decoder():
+    """N = 1: one query set is SAM's decoder with a shared set, the same parameters and outputs (which is why
+    the trainers refuse Table VI's QDMD rows on a single-modality dataset)."""
+    torch.manual_seed(0)
+    kwargs = dict(dim=32, num_masks=3, active="MRI", mlp_dim=64, num_heads=2)
+    one = QueryDecoupledModalityDecoder(modalities=("MRI",), **kwargs).eval()
+    shared = QueryDecoupledModalityDecoder(decoupled=False, **kwargs).eval()
+    shared.load_state_dict({k.replace(".MRI.", ".shared."): v for k, v in one.state_dict().items()})
+    assert sum(p.numel() for p in one.parameters()) == sum(p.numel() for p in shared.parameters())
+    e, pe = torch.randn(2, 32, 4, 4), torch.randn(1, 32, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(one(e, pe), shared(e, pe))
+    two = QueryDecoupledModalityDecoder(modalities=("MRI", "CT"), **kwargs)
+    assert sum(p.numel() for p in two.parameters()) > sum(p.numel() for p in one.parameters())
+
+
 def test_no_label_reaches_inference_and_there_is_no_oracle():
     """The network takes the image only and returns one mask per class: there is no per-image choice among
     modality masks against a ground truth (the paper's evaluation oracle)."""
@@ -228,6 +284,24 @@ def test_no_label_reaches_inference_and_there_is_no_oracle():
     assert out.shape == (1, 4, 64, 64)
 
 
+def stage_end_biases(net):
+    """TinyViT's biases that training cannot move: the last block of a stage adds its MLP's (and its bag's) output
+    bias, a per-channel constant, right before the next stage's patch merging, whose batch norm (in training mode)
+    removes per-channel constants (timm's TinyViT; the bags follow Eq. 3 there)."""
+    if not net.light:
+        return []
+    dead, k = [], 0
+    for i, layer in enumerate(net.encoder.layers):
+        if i == 0:  # the MBConv stage: no bags
+            continue
+        for j in range(len(layer.blocks)):
+            if j == len(layer.blocks) - 1 and layer.downsample is not None:
+                dead.append(f"encoder.layers.{i}.blocks.{j}.mlp.fc2.bias")
+                dead += [f"controller.bags.{m}.{k}.up.bias" for m in net.controller.bags] if net.controller else []
+            k += 1
+    return dead
+
+
 def test_every_trainable_parameter_gets_a_gradient_in_every_table_vi_row():
     """Needed for DDP: no trainable parameter may go without a gradient (inactive bags are frozen)."""
     for light in ("tiny_vit_micro", None):
@@ -236,20 +310,35 @@ def test_every_trainable_parameter_gets_a_gradient_in_every_table_vi_row():
                 net = ESPMedSAM(num_input_channels=1, num_classes=3, img_size=(64, 48), modality="CT",
                                 modalities=("CT", "MRI"), encoder="vit_tiny", light_encoder=light,
                                 controller=light is not None, patch_prompts=sppg, modality_queries=qdmd)
+                if net.controller is not None:  # trained bags: W_up at zero would leave W_down without gradient
+                    for p in net.controller.parameters():
+                        torch.nn.init.normal_(p, std=0.2)
+                if light:  # a trained TinyViT: its MBConv's last batch norm starts at zero (timm), its branch dead
+                    for m in net.encoder.modules():
+                        if isinstance(m, torch.nn.BatchNorm2d):
+                            torch.nn.init.normal_(m.weight, 1.0, 0.1)
                 outputs = net(torch.randn(2, 1, 64, 48))
-                sum(o.float().mean() for o in outputs).backward()
+                sum(o.float().square().mean() for o in outputs).backward()
                 missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
                 assert not missing, (light, sppg, qdmd, missing[:4])
+                assert weak_gradients(net, exempt=stage_end_biases(net)) == [], (light, sppg, qdmd)  # nor negligible
 
 
 def test_mmdkd_cuts_parameters_as_table_vi():
-    """Rows with MMDKD (TinyViT student) against rows without (SAM ViT-B): the paper reports 29.1 M vs 90.6 M."""
-    student = ESPMedSAM(num_input_channels=3, num_classes=2, img_size=(256, 256), modality="endoscopy")
-    baseline = ESPMedSAM(num_input_channels=3, num_classes=2, img_size=(256, 256), modality="endoscopy",
-                         light_encoder=None, controller=False)
-    n_student = sum(p.numel() for p in student.parameters())
-    n_baseline = sum(p.numel() for p in baseline.parameters())
-    assert n_student < 0.15 * n_baseline
+    """Table VI: the rows with MMDKD have 29.1 M parameters against 90.6 M without (32 %; row 8: 28.5 M). The
+    paper-sized student (TinyViT-21M) lands there; MobileSAM's TinyViT-5M (the default, which MobileSAM's and
+    LiteMedSAM's files fit) is about a third of that."""
+    kwargs = dict(num_input_channels=3, num_classes=2, img_size=(256, 256), modality="endoscopy")
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    n_baseline = count(ESPMedSAM(**kwargs, light_encoder=None, controller=False, patch_prompts=False,
+                                 modality_queries=False))  # row 1: SAM's ViT-B
+    assert 89e6 < n_baseline < 92e6
+    paper_sized = ESPMedSAM(**kwargs, light_encoder="tiny_vit_21m")  # row 8
+    assert 0.27 < count(paper_sized) / n_baseline < 0.37, count(paper_sized)
+    image_encoder = sum(p.numel() for part in (paper_sized.encoder, paper_sized.neck) for p in part.parameters())
+    assert 20e6 < image_encoder < 22.5e6  # TinyViT-21M without its classifier, with SAM's neck
+    student = ESPMedSAM(**kwargs)  # tiny_vit_5m
+    assert count(student) < 0.15 * n_baseline
     image_encoder = sum(p.numel() for part in (student.encoder, student.neck) for p in part.parameters())
     assert 5.7e6 < image_encoder < 5.8e6  # MobileSAM's image encoder: 5.78 M, neck included
 
@@ -313,3 +402,89 @@ def test_exponential_schedule_ends_at_one_percent():
         sched.step(epoch)
         lrs.append(opt.param_groups[0]["lr"])
     np.testing.assert_allclose(lrs, [1e-4 * 0.01 ** (e / 10) for e in range(11)])
+
+
+# ================================================================ the universal path (modality per sample)
+CODES = {"MRI": 10.0, "endoscopy": 40.0, "CT": 160.0}
+
+
+def test_the_modality_channel_survives_nnunets_training_augmentation():
+    """The code channel goes through nnU-Net's own training transforms (rotation, scaling, noise, blur, brightness,
+    contrast, low resolution, gamma, mirroring) with the image channels, and still decodes to the case's modality."""
+    import math
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from sam_nnunet.modeling.blocks.modality_channel import decode_modalities, modality_codes
+
+    assert modality_codes(["MRI", "endoscopy", "CT"]) == CODES
+    transforms = nnUNetTrainer.get_training_transforms(
+        patch_size=(64, 64), rotation_for_DA=(-math.pi, math.pi), deep_supervision_scales=None, mirror_axes=(0, 1),
+        do_dummy_2d_data_aug=False)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    for trial in range(120):
+        modality = list(CODES)[trial % 3]
+        image = torch.cat([torch.randn(3, 80, 80), torch.full((1, 80, 80), CODES[modality])])
+        out = transforms(**{"image": image, "segmentation": torch.zeros(1, 80, 80, dtype=torch.int16)})
+        assert decode_modalities(out["image"][-1:], CODES) == [modality], trial
+    # zero padding (the sliding window's, an image smaller than the patch) is left out
+    padded = torch.zeros(1, 64, 64)
+    padded[0, :20, :30] = 40.0
+    assert decode_modalities(padded, CODES) == ["endoscopy"]
+    with pytest.raises(ValueError, match="codes none of the modalities"):
+        decode_modalities(torch.randn(1, 64, 64) * 0.1, CODES)  # a dataset without the channel
+
+
+def universal_net(**kw):
+    torch.manual_seed(0)
+    net = ESPMedSAM(num_input_channels=4, num_classes=3, img_size=(64, 64), modality="MRI",
+                    modality_codes={"MRI": 10.0, "endoscopy": 40.0}, **MICRO, **kw)
+    for p in [*net.controller.parameters(), *net.decoder.queries.parameters(),
+              *net.decoder.hypernetworks.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)  # trained bags and query sets, not their near-plain start
+    return net
+
+
+def with_code(x, *modalities):
+    codes = torch.tensor([{"MRI": 10.0, "endoscopy": 40.0}[m] for m in modalities])
+    return torch.cat([x, codes.view(-1, 1, 1, 1).expand(-1, 1, *x.shape[-2:])], 1)
+
+
+def test_each_sample_runs_with_its_own_modalitys_bags_and_query_set():
+    net = universal_net().eval()
+    assert net.encoder.patch_embed.conv1.conv.weight.shape[1] == 3  # the encoder does not see the modality channel
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        mixed = net(with_code(x, "MRI", "endoscopy"))
+        for i, modality in enumerate(["MRI", "endoscopy"]):
+            net.select_modality(modality, freeze_others=False)
+            alone = net._outputs(x[i:i + 1], 64, 64)
+            for out, ref in zip(mixed, alone):
+                torch.testing.assert_close(out[i:i + 1], ref, rtol=1e-5, atol=1e-5)
+        swapped = net(with_code(x, "endoscopy", "endoscopy"))
+    assert (swapped[0][0] - mixed[0][0]).abs().max() > 1e-3  # sample 0 as endoscopy: another output
+    torch.testing.assert_close(swapped[0][1], mixed[0][1], rtol=1e-5, atol=1e-5)  # sample 1 was endoscopy already
+
+
+def test_the_other_modalitys_parameters_get_no_gradient():
+    net = universal_net().train()
+    assert all(p.requires_grad for p in net.parameters())  # a batch may mix modalities: all of them train
+    sum(o.mean() for o in net(with_code(torch.randn(2, 3, 64, 64), "MRI", "MRI"))).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    for name, grad in grads.items():
+        other = ".endoscopy." in f".{name}."
+        mri = ".MRI." in f".{name}."
+        if other:
+            assert grad is None, name
+        elif mri:
+            assert grad is not None and grad.abs().sum() > 0, name
+    assert any(".endoscopy." in n for n in grads) and any(".MRI." in n for n in grads)
+
+
+def test_a_universal_network_is_not_exported_to_onnx(tmp_path):
+    from sam_nnunet.export.onnx_model import OnnxExportError, export_network
+
+    with pytest.raises(OnnxExportError, match="universal path"):
+        export_network(universal_net().eval(), torch.zeros(1, 4, 64, 64), tmp_path / "net.onnx")
+    assert not (tmp_path / "net.onnx").exists()

@@ -18,6 +18,7 @@ from sam_nnunet.modeling.pg_sam import PGSAM
 from sam_nnunet.modeling.blocks.prior_aligner import ModalityPriorAligner
 from sam_nnunet.modeling.blocks.registry import ENCODERS
 from sam_nnunet.modeling.blocks.text_prior import TEXT_DIM, ClassTextPrior, class_texts, encode_texts
+from tests.modeling.gradients import weak_gradients
 
 
 def sigmoid(x):
@@ -136,8 +137,8 @@ def np_guide(aligner, features, class_vectors):
         weighted = refined * ws[:, None, :]  # one weight per channel
     else:
         weighted = refined * ws[:, :, None]  # one weight per position
-    # Gamma_channel: LayerNorm over the C channels at each position (LayerNorm2d, eps 1e-6), per-channel affine
-    y = np_layer_norm(weighted, 1e-6, np64(aligner.channel_norm.weight), np64(aligner.channel_norm.bias))
+    # Gamma_channel: LayerNorm over the C channels at each position (LayerNorm2d's eps 1e-6), no affine
+    y = np_layer_norm(weighted, 1e-6)
     # Gamma_spatial: over the L positions of each channel (instance norm, eps 1e-5), per-channel affine
     y = y.transpose(0, 2, 1)  # B x C x L
     y = np_layer_norm(y, 1e-5) * np64(aligner.spatial_norm.weight)[:, None] + np64(aligner.spatial_norm.bias)[:, None]
@@ -146,7 +147,7 @@ def np_guide(aligner, features, class_vectors):
 
 def random_affines(aligner):
     with torch.no_grad():
-        for norm in (aligner.attn_norm, aligner.channel_norm, aligner.spatial_norm):
+        for norm in (aligner.attn_norm, aligner.spatial_norm):
             norm.weight.copy_(torch.rand_like(norm.weight) + 0.5)
             norm.bias.copy_(torch.randn_like(norm.bias))
         aligner.proj.weight.normal_(0, 2)
@@ -447,8 +448,8 @@ def test_class_text_files_and_overrides(tmp_path):
 def test_class_text_prior_text_mode():
     torch.manual_seed(0)
     prior = ClassTextPrior(num_targets=3, feature_dim=8, mode="text")
-    assert "text_embeddings" in prior.state_dict()
-    assert "text_embeddings" not in dict(prior.named_parameters())  # a buffer: saved, not trained
+    assert {"text_embeddings", "class_vectors"} <= set(prior.state_dict())
+    assert not list(prior.parameters())  # the default projection is fixed: the text is not re-learnable
     with pytest.raises(RuntimeError, match="never set"):
         prior.train()()
     with pytest.raises(ValueError, match=r"\(3, 384\)"):
@@ -457,11 +458,40 @@ def test_class_text_prior_text_mode():
     prior.set_text_embeddings(vectors)
     out = prior()
     assert out.shape == (3, 8)
-    torch.testing.assert_close(out, vectors @ prior.proj.weight.t() + prior.proj.bias)
     restored = ClassTextPrior(num_targets=3, feature_dim=8, mode="text")
     restored.load_state_dict(prior.state_dict())
-    assert torch.equal(restored.text_embeddings, vectors)
-    torch.testing.assert_close(restored(), out)
+    assert torch.equal(restored.text_embeddings, vectors) and torch.equal(restored(), out)
+
+    trainable = ClassTextPrior(num_targets=3, feature_dim=8, mode="text", projection="trainable")
+    trainable.set_text_embeddings(vectors)
+    torch.testing.assert_close(trainable(), vectors @ trainable.proj.weight.t() + trainable.proj.bias)
+    with pytest.raises(RuntimeError, match="text_projection='trainable'"):
+        ClassTextPrior(num_targets=3, feature_dim=8, mode="text").load_state_dict(trainable.state_dict())
+    with pytest.raises(ValueError, match="text_projection must be one of"):
+        ClassTextPrior(num_targets=3, feature_dim=8, projection="learned")
+    with pytest.raises(ValueError, match="cannot keep their geometry"):
+        ClassTextPrior(num_targets=9, feature_dim=8)
+
+
+def test_class_vectors_keep_the_texts_geometry():
+    """The fixed isometry: the class vectors' Gram matrix (lengths, pairwise cosines) is the texts', whatever the
+    texts; a random linear map (what a trainable projection starts as, and may learn anything from) is not."""
+    torch.manual_seed(4)
+    texts = F.normalize(torch.randn(5, TEXT_DIM), dim=1)
+    texts[3] = F.normalize(texts[0] + 0.3 * texts[1], dim=0)  # two similar descriptions stay similar
+    vectors = ClassTextPrior(num_targets=5, feature_dim=16)
+    vectors.set_text_embeddings(texts)
+    out = vectors()
+    torch.testing.assert_close((out @ out.t()).double(), (texts @ texts.t()).double(), rtol=0, atol=1e-5)
+    assert out.abs().gt(1e-3).sum(1).min() > 5  # spread over the feature channels, not packed into K of them
+    cosines = lambda v: F.normalize(v, dim=1) @ F.normalize(v, dim=1).t()  # noqa: E731
+    random_map = torch.nn.Linear(TEXT_DIM, 16)(texts).detach()
+    assert (cosines(random_map) - cosines(texts)).abs().max() > 0.1
+    # fixed by the method, not by the process' random state
+    torch.manual_seed(99)
+    again = ClassTextPrior(num_targets=5, feature_dim=16)
+    again.set_text_embeddings(texts)
+    assert torch.equal(again(), out)
 
 
 def test_class_text_prior_learned_and_none_modes():
@@ -535,7 +565,8 @@ SWITCHES = [dict(aligner=a, fusion=f, mask_optimizer=m, text_prior=t)
             for t in (("text", "learned", "none") if a else ("text",))]
 
 
-@pytest.mark.parametrize("switches", SWITCHES + [dict(aligner_weighting="spatial"), dict(optimizer_update="signed")],
+@pytest.mark.parametrize("switches", SWITCHES + [dict(aligner_weighting="spatial"), dict(optimizer_update="signed"),
+                                                 dict(text_projection="trainable")],
                          ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_every_trainable_parameter_gets_a_gradient(switches):
     """DDP fails on a parameter that takes part in no loss: every switch combination must use all it builds."""
@@ -547,11 +578,11 @@ def test_every_trainable_parameter_gets_a_gradient(switches):
     no_grad = [n for n, p in params.items() if p.requires_grad and p.grad is None]
     assert no_grad == []
     assert all(torch.isfinite(p.grad).all() for p in params.values())
-    # the gradient is really non-zero (lora_A's is zero while lora_B is at its zero initialisation)
-    zero = [n for n, p in params.items() if not p.grad.any() and not n.endswith("lora_A")]
-    if switches.get("aligner_weighting") == "spatial":  # Gamma_channel cancels W_s: P's gradient is ~0
-        zero = [n for n in zero if not n.startswith("aligner.proj.")]
-    assert zero == []
+    # and not negligible either (lora_A's is zero while lora_B is at its zero initialisation)
+    exempt = ["lora_A"]
+    if switches.get("aligner_weighting") == "spatial":  # the literal Eq. 1: Gamma_channel cancels W_s, P learns nothing
+        exempt.append("aligner.proj.")
+    assert weak_gradients(net, exempt=exempt) == []
 
 
 def conv_count(c_in, c_out, k):
@@ -564,8 +595,8 @@ def test_trainable_parameters_by_part():
     assert (cfg.embed_dim, cfg.depth, C) == (64, 4, 64)
     full = tiny().trainable_parts()
     assert full["encoder (LoRA)"] == cfg.depth * r * (cfg.embed_dim + 3 * cfg.embed_dim) == 4096
-    assert full["text_prior"] == TEXT_DIM * C + C  # the projection; the text vectors are a buffer
-    assert full["aligner"] == (K - 1) * C + C + 3 * 2 * C  # P and three norms' affines
+    assert full["text_prior"] == 0  # the text vectors and their fixed isometry are buffers
+    assert full["aligner"] == (K - 1) * C + C + 2 * 2 * C  # P and the affines of Eq. 2's norm and Gamma_spatial
     mlff_plain = conv_count(C, C // 2, 2) + 2 * (C // 2) + conv_count(C // 2, C // 4, 2) + 2 * (C // 4) \
         + conv_count(C // 4, C // 8, 1)
     align_psi = conv_count(C // 8 + C // 4, 18, 3) + conv_count(C // 8, C // 8, 3) + conv_count(C, C // 8, 1)
@@ -591,7 +622,8 @@ def test_trainable_parameters_by_part():
     same_except(no_fusion.trainable_parts(), fusion=0, decoder=full["decoder"] + upscaling)
     same_except(tiny(mask_optimizer=False).trainable_parts(), mask_optimizer=0)
     same_except(tiny(text_prior="learned").trainable_parts(), text_prior=(K - 1) * C)
-    same_except(tiny(text_prior="none").trainable_parts(), text_prior=0, aligner=3 * 2 * C)
+    same_except(tiny(text_prior="none").trainable_parts(), text_prior=0, aligner=2 * 2 * C)
+    same_except(tiny(text_projection="trainable").trainable_parts(), text_prior=TEXT_DIM * C + C)
 
 
 def test_without_mask_optimizer_both_outputs_are_the_coarse_logits():
@@ -645,7 +677,7 @@ def test_official_checkpoint_loads_into_pg_sam(official_sam, tmp_path, small_enc
     for k in ("mask_decoder.output_upscaling.0.weight", "mask_decoder.iou_prediction_head.layers.0.weight",
               "mask_decoder.mask_tokens.weight"):
         assert k in report.unexpected
-    for k in ("encoder.blocks.0.attn.qkv.lora_A", "text_prior.proj.weight", "aligner.proj.weight",
+    for k in ("encoder.blocks.0.attn.qkv.lora_A", "aligner.proj.weight",
               "fusion.align.weight", "mask_optimizer.base_kernel", "decoder.mask_tokens.weight"):
         assert k in report.missing
 

@@ -37,23 +37,25 @@ def test_distill_then_train_resume_predict_through_the_cli(acdc_env, esp_teacher
                SAM_NNUNET_SEED="0")
     env.pop("SAM_NNUNET_CHECKPOINT", None)
     distill = [sys.executable, "-m", "sam_nnunet.cli", "distill", "-d", "27", "-p", PLANS, "--teacher-model",
-               str(esp_teacher), "-f", "0", "--student", "tiny_vit_micro", "--steps", "30", "--batch-size", "4",
-               "--save-every", "10", "-o", str(student)]
+               str(esp_teacher), "-f", "0", "--student", "tiny_vit_micro", "--steps", "20", "--modality-steps", "10",
+               "--batch-size", "4", "--save-every", "10", "-o", str(student)]
     proc = run(distill, env)
-    assert "bags: ['MRI']" in proc.stdout and "Dataset027_ACDC (MRI)" in proc.stdout
+    assert "then 10 of its second (the bags of ['MRI']" in proc.stdout and "Dataset027_ACDC (MRI)" in proc.stdout
+    assert "without bags: trained from scratch, no SAM file exists" in proc.stdout  # term 1's teacher, said so
 
     saved = torch.load(student, map_location="cpu", weights_only=True)
     keys = set(saved["model"])
     assert "image_encoder.patch_embed.seq.0.c.weight" in keys and "image_encoder.neck.0.weight" in keys
     assert "modality_controller.bags.MRI.0.k_tokens" in keys
     assert saved["model"]["image_encoder.patch_embed.seq.0.c.weight"].shape[1] == 3  # MobileSAM's RGB stem
-    assert saved["sam_nnunet_distill"]["modalities"] == ["MRI"]
+    record = saved["sam_nnunet_distill"]
+    assert record["modalities"] == ["MRI"] and record["bag_modalities"] == ["MRI"]
+    assert (record["steps"], record["modality_steps"]) == (20, 10)
     history = json.loads((tmp_path / "student.pth.log.json").read_text())
     assert [h["step"] for h in history] == list(range(30))
-    assert all(h["modality"] > 0 for h in history)  # the teacher has MRI bags: Eq. 1's second term is used
-    first = sum(h["universal"] + h["modality"] for h in history[:5])
-    last = sum(h["universal"] + h["modality"] for h in history[-5:])
-    assert last < 0.8 * first, (first, last)  # the feature loss falls
+    assert [h["stage"] for h in history] == ["universal"] * 20 + ["modality"] * 10  # first f_LIE, then the bags
+    universal = [h["loss"] for h in history if h["stage"] == "universal"]
+    assert sum(universal[-5:]) < 0.8 * sum(universal[:5]), universal  # the feature loss falls
     assert not (tmp_path / "student.pth.partial").exists()
 
     again = subprocess.run(distill, env=env, capture_output=True, text=True)
@@ -86,9 +88,9 @@ def test_a_killed_distillation_resumes_and_other_arguments_are_refused(acdc_env,
 
     out = tmp_path / "student.pth"
     kwargs = dict(datasets=["27"], out=str(out), plans=PLANS, teacher_model=str(esp_teacher), student="tiny_vit_micro",
-                  steps=6, batch_size=2, save_every=3, progress=False)
+                  steps=4, modality_steps=4, batch_size=2, save_every=5, progress=False)
     monkeypatch.setattr(module, "_write_partial", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # killed in stage 2, with both optimisers' states to keep
         module.distill(**kwargs)
     assert (tmp_path / "student.pth.partial").is_file() and not out.exists()
     monkeypatch.setattr(module, "_write_partial", write)
@@ -96,37 +98,124 @@ def test_a_killed_distillation_resumes_and_other_arguments_are_refused(acdc_env,
     with pytest.raises(ValueError, match=r"other arguments \(\['lr'\]\)"):
         module.distill(**dict(kwargs, lr=5e-4))
     module.distill(**kwargs)
-    assert "resuming student.pth from step 3 of 6" in capsys.readouterr().out
+    assert "resuming student.pth from step 5 of 8" in capsys.readouterr().out
     history = json.loads((tmp_path / "student.pth.log.json").read_text())
-    assert [h["step"] for h in history] == list(range(6))
+    assert [h["step"] for h in history] == list(range(8))
     assert out.is_file() and not (tmp_path / "student.pth.partial").exists()
 
 
-def test_the_teacher_must_be_an_esp_medsam_vit(acdc_env, tmp_path):
-    from sam_nnunet.distill import load_teacher
+def _stage_states(path):
+    """(TinyViT + neck tensors, bag tensors) of a distilled file."""
+    model = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    encoder = {k: v for k, v in model.items() if k.startswith("image_encoder.")}
+    bags = {k: v for k, v in model.items() if k.startswith("modality_controller.")}
+    return encoder, bags
 
-    with pytest.raises(ValueError, match="exactly one teacher"):
-        load_teacher()
+
+def test_the_second_term_trains_the_bags_only_and_each_term_has_its_teacher(acdc_env, esp_teacher, official_sam,
+                                                                           small_encoder, tmp_path, monkeypatch):
+    """Decoupled MMDKD: the same first stage with and without a second one gives a bit-identical TinyViT and neck
+    (batch-norm statistics included), while the bags move; term 1 asks frozen SAM without bags, term 2 the teacher
+    fold with the bags of the batch's modality, never the other way round."""
+    from sam_nnunet import distill as module
+
+    torch.save(official_sam()[1], tmp_path / "sam.pth")
+    load = module.load_teachers
+    calls = []
+
+    def spying(*args, **kwargs):
+        teachers = load(*args, **kwargs)
+        for role, net in (("sam", teachers.sam), ("med", teachers.med)):
+            embed = net.image_embedding
+
+            def spy(x, with_bags=True, role=role, embed=embed):
+                calls.append((role, with_bags))
+                return embed(x, with_bags=with_bags)
+
+            net.image_embedding = spy
+        return teachers
+
+    monkeypatch.setattr(module, "load_teachers", spying)
+    common = dict(datasets=["27"], plans=PLANS, teacher_model=str(esp_teacher),
+                  teacher_checkpoint=str(tmp_path / "sam.pth"), student="tiny_vit_micro", steps=4, batch_size=2,
+                  progress=False)
+    first = module.distill(out=str(tmp_path / "first.pth"), modality_steps=0, **common)
+    assert calls == [("sam", False)] * 4
+    calls.clear()
+    both = module.distill(out=str(tmp_path / "both.pth"), modality_steps=4, **common)
+    assert calls == [("sam", False)] * 4 + [("med", True)] * 4
+    (enc_first, bags_first), (enc_both, bags_both) = _stage_states(first), _stage_states(both)
+    assert enc_first.keys() == enc_both.keys() and any("running_mean" in k for k in enc_first)
+    assert all(torch.equal(enc_first[k], enc_both[k]) for k in enc_first)  # term 2 left f_LIE bit-for-bit alone
+    assert any(not torch.equal(bags_first[k], bags_both[k]) for k in bags_first)  # and trained the bags
+    record = torch.load(both, map_location="cpu", weights_only=True)["sam_nnunet_distill"]
+    assert record["teacher_sam"] == str(tmp_path / "sam.pth") and record["bag_modalities"] == ["MRI"]
+    assert torch.load(first, map_location="cpu", weights_only=True)["sam_nnunet_distill"]["bag_modalities"] == []
+
+
+def test_the_first_term_needs_frozen_sam_when_the_teacher_fold_had_one(acdc_env, esp_teacher, official_sam,
+                                                                      small_encoder, tmp_path):
+    """A teacher fold trained from a SAM file fine-tuned its neck: without bags it is not SAM, so term 1 needs that
+    file, and only that file (its fingerprint from the fold's run record)."""
+    import shutil
+
+    from sam_nnunet.distill import distill
+    from sam_nnunet.modeling.weights.checkpoint import file_fingerprint
+
+    fold = tmp_path / "teacher"
+    shutil.copytree(esp_teacher, fold)
+    torch.save(official_sam()[1], tmp_path / "sam.pth")
+    run_file = fold / "fold_0" / "sam_nnunet_run.json"
+    run_record = json.loads(run_file.read_text())
+    run_record.update(sam_checkpoint="/elsewhere/sam.pth",
+                      sam_checkpoint_fingerprint=file_fingerprint(tmp_path / "sam.pth"))
+    run_file.write_text(json.dumps(run_record))
+    common = dict(datasets=["27"], plans=PLANS, teacher_model=str(fold), student="tiny_vit_micro", steps=1,
+                  modality_steps=1, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="Give that file as --teacher-checkpoint"):
+        distill(out=str(tmp_path / "a.pth"), **common)
+    other = official_sam()[1]
+    other["image_encoder.pos_embed"] = other["image_encoder.pos_embed"] + 1  # another SAM file of the same size
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="must share their SAM"):
+        distill(out=str(tmp_path / "b.pth"), teacher_checkpoint=str(tmp_path / "other.pth"), **common)
+    assert distill(out=str(tmp_path / "c.pth"), teacher_checkpoint=str(tmp_path / "sam.pth"), **common).is_file()
+    assert not (tmp_path / "a.pth").exists() and not (tmp_path / "b.pth").exists()
+
+
+def test_the_teachers_are_required_and_checked(acdc_env, tmp_path):
+    from sam_nnunet.distill import distill, load_teachers
+
+    with pytest.raises(ValueError, match="give the teachers"):
+        load_teachers()
     with pytest.raises(FileNotFoundError, match="no checkpoint_final.pth"):
-        load_teacher(str(tmp_path), "0")
+        load_teachers(str(tmp_path), "0")
+    with pytest.raises(ValueError, match="--steps 0 skips"):
+        distill(datasets=["27"], out=str(tmp_path / "s.pth"), plans=PLANS, teacher_model=str(tmp_path), steps=0)
 
 
 def test_a_sam_checkpoint_teacher_gives_the_universal_term_through_a_regressor(acdc_env, official_sam,
                                                                                 small_encoder, tmp_path, capsys):
-    """A SAM-layout file as teacher (no bags: Eq. 1's first term only); its 256-wide embedding against the micro
-    student's 64-wide one goes through the 1x1 regressor, which is not written to the file."""
-    from sam_nnunet.distill import distill
+    """A SAM-layout file as the only teacher (no bags: Eq. 1's first term only); its 256-wide embedding against the
+    micro student's 64-wide one goes through the 1x1 regressor, which is not written to the file. The file has no
+    distilled bags, so Table VI's MMDKD rows refuse it."""
+    from sam_nnunet.distill import check_distilled_student, distill
 
     torch.save(official_sam()[1], tmp_path / "sam.pth")
+    with pytest.raises(ValueError, match="no teacher has bags"):
+        distill(datasets=["27"], out=str(tmp_path / "x.pth"), plans=PLANS, teacher_checkpoint=str(tmp_path / "sam.pth"),
+                student="tiny_vit_micro", steps=1, modality_steps=1, progress=False)
     out = distill(datasets=["27"], out=str(tmp_path / "student.pth"), plans=PLANS,
                   teacher_checkpoint=str(tmp_path / "sam.pth"), student="tiny_vit_micro", steps=3, batch_size=2,
                   progress=False)
     printed = capsys.readouterr().out
-    assert "bags: none" in printed and "1x1 regressor 64 -> 256" in printed
+    assert "then 0 of its second" in printed and "1x1 regressor for term 1: 64 -> 256" in printed
     history = json.loads((tmp_path / "student.pth.log.json").read_text())
-    assert all(h["modality"] == 0 and h["universal"] > 0 for h in history)
+    assert [h["stage"] for h in history] == ["universal"] * 3
     saved = torch.load(out, map_location="cpu", weights_only=True)["model"]
     assert saved["image_encoder.neck.0.weight"].shape[0] == 64 and not any("regressor" in k for k in saved)
+    with pytest.raises(ValueError, match=r"distilled bags for no modality"):
+        check_distilled_student(str(out), "MRI", "ESPMedSAMTrainer_MMDKD")
 
     # the file loads into the student as ESPMedSAMTrainer builds it: encoder, neck and the modality's bags
     from sam_nnunet.modeling.esp_medsam import ESPMedSAM

@@ -74,26 +74,67 @@ ROWS = {  # Table VI: (light encoder, SPPG, QDMD)
 }
 
 
+TWINS = {"ESPMedSAMTrainer_QDMD": "ESPMedSAMTrainer_Baseline", "ESPMedSAMTrainer_MMDKD_QDMD": "ESPMedSAMTrainer_MMDKD",
+         "ESPMedSAMTrainer_SPPG_QDMD": "ESPMedSAMTrainer_SPPG"}
+
+
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_table_vi_rows_by_name(acdc_env, name):
     light, sppg, qdmd = ROWS[name]
-    trainer = get_trainer_from_args("27", "2d", 0, name, PLANS, device=CPU)
+    if name in TWINS:  # ACDC alone has one modality: QDMD's one query set would make this row its twin again
+        with pytest.raises(ValueError, match=f"would train {TWINS[name]} again"):
+            get_trainer_from_args("27", "2d", 0, name, PLANS, device=CPU)
+        trainer = _trainer_with(acdc_env, {"modalities": ["MRI", "CT"]}, name=name, merge=True)
+    else:
+        trainer = get_trainer_from_args("27", "2d", 0, name, PLANS, device=CPU)
     net = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 4)
     assert net.light == light and (net.controller is not None) == (light or name == "ESPMedSAMTeacherTrainer")
     assert (net.sppg is not None) == sppg and net.decoder.decoupled == qdmd
+    assert type(trainer).requires_distilled_student == (light and name != "ESPMedSAMTrainer")
     if not light:
         assert net.encoder.embed_dim == 64  # the CPU preset's vit_tiny applies to the SAM ViT rows only
 
 
-def _trainer_with(acdc_env, block=None, dataset=None):
+def test_mmdkd_rows_refuse_a_student_that_was_not_distilled(acdc_env, tmp_path, mobile_sam):
+    """Table VI's MMDKD rows run only on a `sam_nnunet distill` file with bags for the dataset's modality: no file,
+    MobileSAM's file (a TinyViT, no bags) and a record without MRI bags are each refused before training."""
+    from sam_nnunet.distill import DISTILL_KEY
+
+    trainer = _trainer_with(acdc_env, {"light_encoder": "tiny_vit_5m"}, name="ESPMedSAMTrainer_MMDKD", merge=True)
+    trainer.sam_checkpoint = None
+    with pytest.raises(ValueError, match="SAM_NNUNET_CHECKPOINT is not set"):
+        trainer.initialize()
+    state = {k: v for k, v in mobile_sam().state_dict().items()}
+    torch.save(state, tmp_path / "mobile_sam.pt")
+    trainer = _trainer_with(acdc_env, {"light_encoder": "tiny_vit_5m"}, name="ESPMedSAMTrainer_MMDKD", merge=True)
+    trainer.sam_checkpoint = str(tmp_path / "mobile_sam.pt")
+    with pytest.raises(ValueError, match="has no distillation record"):
+        trainer.initialize()
+    torch.save({"model": state, DISTILL_KEY: {"bag_modalities": ["CT"], "steps": 1, "modality_steps": 1}},
+               tmp_path / "ct.pth")
+    trainer = _trainer_with(acdc_env, {"light_encoder": "tiny_vit_5m"}, name="ESPMedSAMTrainer_MMDKD", merge=True)
+    trainer.sam_checkpoint = str(tmp_path / "ct.pth")
+    with pytest.raises(ValueError, match=r"distilled bags for \['CT'\], not for this dataset's 'MRI'"):
+        trainer.initialize()
+    # the same file is accepted by the project's own trainer, which does not claim the row
+    trainer = _trainer_with(acdc_env, {"light_encoder": "tiny_vit_5m"}, merge=True)
+    trainer.sam_checkpoint = str(tmp_path / "mobile_sam.pt")
+    trainer.initialize()
+
+
+def _trainer_with(acdc_env, block=None, dataset=None, name="ESPMedSAMTrainer", merge=False):
+    """The trainer ``name`` on the ACDC crop's plans, whose "sam_nnunet" block is ``block`` (added to the preset's
+    block with ``merge``)."""
     folder = acdc_env["nnUNet_preprocessed"] / "Dataset027_ACDC"
     plans = json.loads((folder / f"{PLANS}.json").read_text())
     if block is not None:
-        plans["configurations"]["2d"]["sam_nnunet"] = block
+        conf = plans["configurations"]["2d"]
+        conf["sam_nnunet"] = {**conf.get("sam_nnunet", {}), **block} if merge else block
     plans["continue_training"] = False  # nnU-Net 2.8 reads this flag from the plans dict
     dataset_json = dataset or json.loads((folder / "dataset.json").read_text())
-    cls = type(get_trainer_from_args("27", "2d", 0, "ESPMedSAMTrainer", PLANS, device=CPU))
-    return cls(plans, "2d", 0, dataset_json, CPU)
+    import sam_nnunet.trainers.ESPMedSAMTrainer as module
+
+    return getattr(module, name)(plans, "2d", 0, dataset_json, CPU)
 
 
 def test_plans_switches_and_the_modality_override(acdc_env):

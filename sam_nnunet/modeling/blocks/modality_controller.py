@@ -125,14 +125,16 @@ class ModalityController(nn.Module):
         self.active = ""
         self.select(active)
 
-    def select(self, modality: str) -> None:
-        """Make ``modality``'s bags the ones used; the others get no gradient (and are skipped by the optimiser)."""
+    def select(self, modality: str, freeze_others: bool = True) -> None:
+        """Make ``modality``'s bags the ones used; ``freeze_others``: the others get no gradient (and are skipped by
+        the optimiser). False only routes (the universal path, where a batch mixes modalities)."""
         modality = canonical_modality(modality)
         if modality not in self.modalities:
             raise ValueError(f"No bags for modality {modality!r}; this controller has {list(self.modalities)}")
         self.active = modality
-        for name, bags in self.bags.items():
-            bags.requires_grad_(name == _key(modality))
+        if freeze_others:
+            for name, bags in self.bags.items():
+                bags.requires_grad_(name == _key(modality))
 
     def active_bags(self) -> List[ModalityBag]:
         """The active modality's bag of every block, in block order."""

@@ -53,16 +53,17 @@ class QueryDecoupledModalityDecoder(nn.Module):
         self.active = ""
         self.select(active)
 
-    def select(self, modality: str) -> None:
-        """Use ``modality``'s query set; the other sets get no gradient."""
+    def select(self, modality: str, freeze_others: bool = True) -> None:
+        """Use ``modality``'s query set; ``freeze_others``: the other sets get no gradient (False: only route)."""
         modality = canonical_modality(modality)
         if self.decoupled and modality not in self.modalities:
             raise ValueError(f"No query set for modality {modality!r}; this decoder has {list(self.modalities)}")
         self.active = modality
         chosen = _key(modality) if self.decoupled else SHARED
-        for name in self.queries:
-            self.queries[name].requires_grad_(name == chosen)
-            self.hypernetworks[name].requires_grad_(name == chosen)
+        if freeze_others:
+            for name in self.queries:
+                self.queries[name].requires_grad_(name == chosen)
+                self.hypernetworks[name].requires_grad_(name == chosen)
 
     def forward(self, embedding: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
         """Eqs. 6-7: E + D (B x D x h x w) and alpha (1 x D x h x w) -> mask logits B x K x 4h x 4w."""

