@@ -174,6 +174,9 @@ def patch_gflops(trainer, device) -> float:
 
     net = trainer.network
     x = torch.zeros(1, trainer.num_input_channels, *trainer.configuration_manager.patch_size, device=device)
+    codes = getattr(net, "modality_codes", None)
+    if codes:  # ESP-MedSAM's universal path reads each sample's modality from its last channel
+        x[:, -1] = next(iter(codes.values()))
     training = net.training
     trainer.set_deep_supervision_enabled(False)
     net.eval()
