@@ -34,17 +34,21 @@ def modality_codes(modalities: Sequence[str]) -> Dict[str, float]:
 
 
 def decode_modalities(channel: torch.Tensor, codes: Mapping[str, float]) -> List[str]:
-    """channel: B x H x W (the code channel of a batch, as augmented and padded) -> the modality of each sample."""
+    """channel: B x H x W (the code channel of a batch, as augmented and padded) -> the modality of each sample.
+
+    Computed where the batch is (one B-value transfer per forward, not the channel)."""
     names = list(codes)
+    flat = channel.detach().flatten(1).float()
+    top = torch.quantile(flat, 0.99, dim=1, keepdim=True) if flat.numel() <= 1 << 24 else flat.amax(1, keepdim=True)
+    bright = torch.where((flat > 0.5 * top) & (top > 0), flat, torch.full_like(flat, float("nan")))
+    values = torch.nanmedian(bright, dim=1).values.double().cpu()
     logs = torch.log(torch.tensor([float(codes[n]) for n in names], dtype=torch.float64))
     found = []
-    for sample in channel.detach().flatten(1).double().cpu():
-        top = torch.quantile(sample, 0.99) if sample.numel() <= 1 << 24 else sample.max()
-        chosen = sample[sample > 0.5 * top] if top > 0 else sample[:0]
-        value = float(chosen.median()) if chosen.numel() else 0.0
-        distance = (logs - math.log(value)).abs() if value > 0 else None
+    for value in values.tolist():
+        distance = (logs - math.log(value)).abs() if value == value and value > 0 else None
         if distance is None or float(distance.min()) > math.log(2.0):
-            raise ValueError(f"the modality channel reads {value:.3g}, which codes none of the modalities "
+            shown = 0.0 if value != value else value
+            raise ValueError(f"the modality channel reads {shown:.3g}, which codes none of the modalities "
                              f"{dict(codes)}: each case needs its modality channel (`sam_nnunet modality-channel`)")
         found.append(names[int(distance.argmin())])
     return found
