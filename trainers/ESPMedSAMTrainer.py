@@ -8,8 +8,7 @@ the dataset's (:func:`~sam_nnunet.modeling.blocks.modality_controller.resolve_mo
 Table VI rows are named below. The recipe, the table and the switches are in docs/trainers/esp_medsam.md.
 """
 from sam_nnunet.modeling.weights.checkpoint import CHECKPOINT_ENV
-from sam_nnunet.datasets.universal import UNIVERSAL_KEY
-from sam_nnunet.modeling.blocks.modality_channel import CHANNEL_NAME
+from sam_nnunet.modeling.blocks.modality_channel import CHANNEL_NAME, UNIVERSAL_KEY
 from sam_nnunet.modeling.blocks.modality_controller import resolve_modality
 from sam_nnunet.training.losses import ESPMedSAMLoss, FocalDiceLoss
 from sam_nnunet.training.sam_trainer import SAMTrainerBase

@@ -37,9 +37,8 @@ import numpy as np
 
 from sam_nnunet.datasets.common import (DatasetLayoutError, PathLike, Splits, assembling, env_folder,
                                         new_dataset_folder, splits_path, write_dataset_json)
+from sam_nnunet.modeling.blocks.modality_channel import UNIVERSAL_KEY
 
-#: the dataset.json entry that makes a dataset universal: {"modality_codes", "sources", "case_modalities"}
-UNIVERSAL_KEY = "sam_nnunet_universal"
 FILE_ENDING = ".nii.gz"
 SPLIT_SEED = 12345  # nnU-Net's own (nnunetv2.utilities.crossval_split)
 

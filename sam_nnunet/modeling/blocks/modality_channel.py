@@ -26,6 +26,8 @@ CODE_BASE = 10.0
 CODE_RATIO = 4.0
 #: the normalisation nnU-Net must leave the channel alone with (its channel name)
 CHANNEL_NAME = "noNorm"
+#: the dataset.json entry that makes a dataset universal: {"modality_codes", "sources", "case_modalities"}
+UNIVERSAL_KEY = "sam_nnunet_universal"
 
 
 def modality_codes(modalities: Sequence[str]) -> Dict[str, float]:
