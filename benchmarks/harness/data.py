@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Dict, List
@@ -65,6 +66,22 @@ def convert(dataset: str, args, raw: Path) -> None:
 def source_cases(cases: List[str], source: str) -> List[str]:
     """The cases of the universal dataset that come from ``source`` (their names start with it)."""
     return [c for c in cases if c.startswith(f"{source}_")]
+
+
+def first_validation_cases(val: List[str], n: int, dataset: dict) -> List[str]:
+    """``--val-cases N``: the first N of fold 0's validation cases (0: all). On a dataset of several sources (the
+    universal one) the first N of each source, a volume's slices (``<case>_z<k>``) counted as one case and kept
+    together, so that every source is scored and ACDC's Dice covers whole volumes."""
+    if not n:
+        return list(val)
+    if "sources" not in dataset:
+        return list(val[:n])
+    kept = []
+    for source in dataset["sources"]:
+        cases = source_cases(val, source)
+        volumes = list(dict.fromkeys(re.sub(r"_z\d+$", "", c) for c in cases))[:n]
+        kept += [c for c in cases if re.sub(r"_z\d+$", "", c) in volumes]
+    return kept
 
 
 def write_missing_shipped_plans(dataset: str, folder: Path, plans_names) -> None:

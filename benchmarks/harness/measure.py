@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from benchmarks.harness.data import low_data_split, source_cases
+from benchmarks.harness.data import first_validation_cases, low_data_split, source_cases
 from benchmarks.harness.machine import machine_probe_s, peak_rss_mb, peak_rss_reset
 from benchmarks.harness.specs import DATASETS, parse_trainer
 
@@ -136,7 +136,7 @@ def benchmark_trainer(name: str, args, paths) -> dict:
                                 allow_tqdm=False)
     predictor.manual_initialization(net, trainer.plans_manager, trainer.configuration_manager, [net.state_dict()],
                                     trainer.dataset_json, trainer_class, trainer.inference_allowed_mirroring_axes)
-    val_cases = trainer.do_split()[1][: args.val_cases or None]  # --val-cases 0: all of fold 0's
+    val_cases = first_validation_cases(trainer.do_split()[1], args.val_cases, ds)
     raw = paths["raw"] / ds["name"]
     ending = trainer.dataset_json["file_ending"]
     images = create_lists_from_splitted_dataset_folder(str(raw / "imagesTr"), ending, val_cases)

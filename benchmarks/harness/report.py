@@ -40,8 +40,9 @@ def markdown(rows: List[dict], meta: dict) -> str:
             cells.append(txt)
         dice = [r["dice"].get(k, float("nan")) for k in labels]
         hd95 = [r.get("hd95", {}).get(k, float("nan")) for k in labels]
+        scored = [r["dice"][k] for k in labels if k in r["dice"]]  # a per-source row scores its source's labels
         lines.append(f"| {r['trainer']} | " + " | ".join(cells) + f" | {r['budget_steps']} | "
-                     + " | ".join(f"{d:.3f}" for d in dice) + f" | {sum(dice) / len(dice):.3f} | "
+                     + " | ".join(f"{d:.3f}" for d in dice) + f" | {sum(scored) / len(scored):.3f} | "
                      + " | ".join(f"{h:.1f}" for h in hd95) + " |")
     lines.append("")
     lines.append(f"Ratios in parentheses are against {base['trainer']}. HD95 in the images' spacing units (mm; "

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.harness.data import low_data_split, source_cases
+from benchmarks.harness.data import first_validation_cases, low_data_split, source_cases
 from benchmarks.harness.measure import row_trainer_class
 from benchmarks.harness.rows import row_file
 from benchmarks.harness.specs import PLANS, parse_trainer
@@ -37,6 +37,30 @@ def test_a_universal_source_keeps_its_own_cases_and_labels():
     assert sorted(k for keys in universal["sources"].values() for k in keys) == sorted(universal["labels"])
     with pytest.raises(SystemExit):  # argparse: --train-source is for the universal dataset
         main(["--out", "unused", "--dataset", "acdc", "--train-source", "ACDC"])
+
+
+def test_val_cases_take_the_first_volumes_of_each_source_with_all_their_slices():
+    from benchmarks.harness.specs import DATASETS
+
+    val = ["ACDC_patient001_frame01_z00", "ACDC_patient001_frame01_z01", "ACDC_patient001_frame12_z00",
+           "ACDC_patient002_frame01_z00", "KvasirSEG_a", "KvasirSEG_b", "KvasirSEG_c"]
+    assert first_validation_cases(val, 2, DATASETS["universal"]) == val[:3] + ["KvasirSEG_a", "KvasirSEG_b"]
+    assert first_validation_cases(val, 0, DATASETS["universal"]) == val
+    assert first_validation_cases(val, 2, DATASETS["acdc"]) == val[:2]
+
+
+def test_a_per_source_rows_mean_dice_is_over_its_own_labels():
+    from benchmarks.harness.report import markdown
+    from benchmarks.harness.specs import DATASETS
+
+    row = {"trainer": "T", "patch_size": [8, 8], "batch_size": 2, "budget_steps": 1, "val_cases": ["x"],
+           "dice": {"4": 0.5}, **{k: 1.0 for k in ("step_s_median", "infer_s_per_volume", "train_peak_rss_mb",
+                                                  "infer_peak_rss_mb", "params_total", "params_trainable",
+                                                  "gflops_per_patch")}}
+    meta = {"labels": DATASETS["universal"]["labels"], "date": "d", "machine": "m", "device": "cpu", "seed": 0,
+            "budget_min": 1, "dataset": "universal", "split": "s"}
+    line = markdown([row], meta).splitlines()[4]
+    assert "| nan | nan | nan | 0.500 | 0.500 |" in line  # Dice RV, MLV, LVC, polyp, then the mean
 
 
 def test_a_row_is_its_trainer_with_a_budget_and_a_prior_row_carries_its_checkpoint_on_the_class(tmp_path, monkeypatch):
