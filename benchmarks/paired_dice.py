@@ -6,13 +6,15 @@ volume, not only in their means.
 
 Per volume (the files of ``--a`` that ``--b`` also holds), the Dice of every label (a label absent from both the
 reference and the prediction counts as 1, where nnU-Net's evaluation leaves it out; every ACDC volume holds all
-three labels), then the mean over labels. Prints A's and B's means, the paired difference A - B with its standard error
+three labels), then the mean over labels. ``--slices`` stacks a volume's 2D slices (``<volume>_z<k>``, the universal
+dataset's ACDC cases) and scores the volume. Prints A's and B's means, the paired difference A - B with its standard error
 (standard deviation / sqrt(n)), the volumes on which A is better, and the difference per label.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -25,14 +27,27 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
-def per_volume(gt: Path, pred: Path, labels: Sequence[int]) -> Dict[str, List[float]]:
+def volumes(files: Sequence[Path], slices: bool) -> Dict[str, List[Path]]:
+    """The files of each volume: one file each, or with ``slices`` a volume's 2D slices ``<volume>_z<k>.nii.gz``
+    (the universal dataset's ACDC cases) stacked in slice order; other files stay volumes of their own."""
+    out: Dict[str, List[Path]] = {}
+    for file in sorted(files):
+        name = file.name[: -len(".nii.gz")]
+        key = re.sub(r"_z\d+$", "", name) if slices else name
+        out.setdefault(key, []).append(file)
+    return out
+
+
+def per_volume(gt: Path, pred: Path, labels: Sequence[int], slices: bool = False) -> Dict[str, List[float]]:
     import SimpleITK as sitk
 
+    def read(files: Sequence[Path]) -> np.ndarray:
+        return np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files])
+
     out = {}
-    for file in sorted(pred.glob("*.nii.gz")):
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(gt / file.name)))
-        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
-        out[file.name] = [dice(ref == label, seg == label) for label in labels]
+    for name, files in volumes(list(pred.glob("*.nii.gz")), slices).items():
+        ref, seg = read([gt / f.name for f in files]), read(files)
+        out[name] = [dice(ref == label, seg == label) for label in labels]
     return out
 
 
@@ -55,9 +70,12 @@ def main(argv=None) -> int:
     p.add_argument("--b", required=True, type=Path)
     p.add_argument("--labels", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--names", nargs="+", default=None)
+    p.add_argument("--slices", action="store_true",
+                   help="score each volume's 2D slices (<volume>_z<k>) stacked, as one volume (the universal dataset)")
     args = p.parse_args(argv)
     names = args.names or [str(label) for label in args.labels]
-    print(summary(per_volume(args.gt, args.a, args.labels), per_volume(args.gt, args.b, args.labels), names))
+    print(summary(per_volume(args.gt, args.a, args.labels, args.slices),
+                  per_volume(args.gt, args.b, args.labels, args.slices), names))
     return 0
 
 

@@ -94,3 +94,24 @@ def test_paired_dice_reports_the_difference_its_error_and_the_wins():
     # differences per volume: +0.05, -0.10, +0.10 -> mean +0.0167, sd 0.1041, se 0.0601
     assert "A - B +0.0167 (standard error 0.0601)" in line and "A better on 2 of 3" in line
     assert "RV +0.033, LV +0.000" in line
+
+
+def test_paired_dice_scores_a_volumes_slices_stacked(tmp_path):
+    import SimpleITK as sitk
+
+    from benchmarks.paired_dice import per_volume
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir(), pred.mkdir()
+    ref = np.zeros((2, 4, 4), np.uint8)
+    ref[0, :2] = 1  # slice 0: 8 voxels of label 1; slice 1: none
+    seg = ref.copy()
+    seg[1, :1] = 1  # 4 false positives on slice 1
+    for z in range(2):
+        for folder, volume in ((gt, ref), (pred, seg)):
+            sitk.WriteImage(sitk.GetImageFromArray(volume[z]), str(folder / f"ACDC_p1_z{z:02d}.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(ref[0]), str(gt / "KvasirSEG_a.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(ref[0]), str(pred / "KvasirSEG_a.nii.gz"))
+    # stacked: 2 * 8 / (8 + 12); per slice it would be 1.0 and 0.0
+    assert per_volume(gt, pred, [1], slices=True) == {"ACDC_p1": [pytest.approx(0.8)], "KvasirSEG_a": [1.0]}
+    assert per_volume(gt, pred, [1]) == {"ACDC_p1_z00": [1.0], "ACDC_p1_z01": [0.0], "KvasirSEG_a": [1.0]}
