@@ -38,14 +38,15 @@ def volumes(files: Sequence[Path], slices: bool) -> Dict[str, List[Path]]:
     return out
 
 
-def per_volume(gt: Path, pred: Path, labels: Sequence[int], slices: bool = False) -> Dict[str, List[float]]:
+def per_volume(gt: Path, pred: Path, labels: Sequence[int], slices: bool = False,
+               prefix: str = "") -> Dict[str, List[float]]:
     import SimpleITK as sitk
 
     def read(files: Sequence[Path]) -> np.ndarray:
         return np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files])
 
     out = {}
-    for name, files in volumes(list(pred.glob("*.nii.gz")), slices).items():
+    for name, files in volumes(list(pred.glob(f"{prefix}*.nii.gz")), slices).items():
         ref, seg = read([gt / f.name for f in files]), read(files)
         out[name] = [dice(ref == label, seg == label) for label in labels]
     return out
@@ -72,10 +73,12 @@ def main(argv=None) -> int:
     p.add_argument("--names", nargs="+", default=None)
     p.add_argument("--slices", action="store_true",
                    help="score each volume's 2D slices (<volume>_z<k>) stacked, as one volume (the universal dataset)")
+    p.add_argument("--prefix", default="", help="only the files whose names start with it (a universal dataset's "
+                                                "source: ACDC_, KvasirSEG_)")
     args = p.parse_args(argv)
     names = args.names or [str(label) for label in args.labels]
-    print(summary(per_volume(args.gt, args.a, args.labels, args.slices),
-                  per_volume(args.gt, args.b, args.labels, args.slices), names))
+    print(summary(*(per_volume(args.gt, folder, args.labels, args.slices, args.prefix) for folder in (args.a, args.b)),
+                  names))
     return 0
 
 

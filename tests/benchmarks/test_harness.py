@@ -115,3 +115,4 @@ def test_paired_dice_scores_a_volumes_slices_stacked(tmp_path):
     # stacked: 2 * 8 / (8 + 12); per slice it would be 1.0 and 0.0
     assert per_volume(gt, pred, [1], slices=True) == {"ACDC_p1": [pytest.approx(0.8)], "KvasirSEG_a": [1.0]}
     assert per_volume(gt, pred, [1]) == {"ACDC_p1_z00": [1.0], "ACDC_p1_z01": [0.0], "KvasirSEG_a": [1.0]}
+    assert per_volume(gt, pred, [1], slices=True, prefix="ACDC_") == {"ACDC_p1": [pytest.approx(0.8)]}
