@@ -116,3 +116,40 @@ def test_paired_dice_scores_a_volumes_slices_stacked(tmp_path):
     assert per_volume(gt, pred, [1], slices=True) == {"ACDC_p1": [pytest.approx(0.8)], "KvasirSEG_a": [1.0]}
     assert per_volume(gt, pred, [1]) == {"ACDC_p1_z00": [1.0], "ACDC_p1_z01": [0.0], "KvasirSEG_a": [1.0]}
     assert per_volume(gt, pred, [1], slices=True, prefix="ACDC_") == {"ACDC_p1": [pytest.approx(0.8)]}
+
+
+def test_a_kept_row_warns_when_the_networks_or_trainers_changed_since_it_was_measured(tmp_path, monkeypatch, capsys):
+    import argparse
+    import json
+    import subprocess
+
+    from benchmarks.harness import rows
+
+    repo = tmp_path / "repo"
+
+    def commit(path: str, text: str) -> str:
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run(git + ["add", "-A"], check=True)
+        subprocess.run(git + ["commit", "-qm", f"change {path}"], check=True)
+        return subprocess.run(git + ["rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    measured = commit("sam_nnunet/net.py", "a")
+    monkeypatch.setattr(rows, "REPO", repo)
+    assert rows.code_commit() == measured and rows.code_changes_since(measured) == []
+    commit("docs/x.md", "docs only")
+    assert rows.code_changes_since(measured) == []
+    commit("trainers/T.py", "b")
+    assert [line.split(" ", 1)[1] for line in rows.code_changes_since(measured)] == ["change trainers/T.py"]
+
+    args = argparse.Namespace(dataset="acdc", patients=2, cases=None, budget_min=1.0, iterations_per_epoch=5,
+                              val_cases=1, steps=1, warmup=0, seed=0, device="cpu", processes=1, checkpoint=None,
+                              train_patients=None, train_source=None)
+    path = rows.row_file(tmp_path / "out", "T@P")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"settings": rows.row_settings(args), "date": "d", "code_commit": measured}))
+    assert rows.measure_or_reuse("T@P", args, None, tmp_path / "out")["code_commit"] == measured
+    out = capsys.readouterr().out
+    assert "kept from d" in out and "WARNING: 1 commit(s) changed" in out and "change trainers/T.py" in out
