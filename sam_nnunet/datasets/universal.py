@@ -30,6 +30,7 @@ pixel (no regions) and have one or three image channels.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -156,7 +157,11 @@ def merge_universal(datasets: Sequence[str], dataset_id: int, *, name: str = "Un
                 for z in range(depth):
                     new_case = f"{short}_{case}" if depth == 1 else f"{short}_{case}_z{z:02d}"
                     for c in range(3):
-                        _write_2d(tmp / "imagesTr" / f"{new_case}_{c:04d}{FILE_ENDING}", rgb[c, z].astype(np.float32))
+                        channel_file = tmp / "imagesTr" / f"{new_case}_{c:04d}{FILE_ENDING}"
+                        if c and image.shape[0] == 1:  # a one-channel source: G and B are R's file
+                            shutil.copyfile(channel_file.with_name(f"{new_case}_0000{FILE_ENDING}"), channel_file)
+                        else:
+                            _write_2d(channel_file, rgb[c, z].astype(np.float32))
                     _write_2d(tmp / "imagesTr" / f"{new_case}_0003{FILE_ENDING}",
                               np.full(rgb.shape[2:], codes[modality], dtype=np.float32))
                     _write_2d(tmp / "labelsTr" / f"{new_case}{FILE_ENDING}", seg[0, z])
