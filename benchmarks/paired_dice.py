@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+
+from sam_nnunet.datasets.universal import volume_of
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -33,7 +34,7 @@ def volumes(files: Sequence[Path], slices: bool) -> Dict[str, List[Path]]:
     out: Dict[str, List[Path]] = {}
     for file in sorted(files):
         name = file.name[: -len(".nii.gz")]
-        key = re.sub(r"_z\d+$", "", name) if slices else name
+        key = volume_of(name) if slices else name
         out.setdefault(key, []).append(file)
     return out
 

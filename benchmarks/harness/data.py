@@ -4,12 +4,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Dict, List
 
 from benchmarks.harness.specs import DATASETS, PLANS, parse_trainer
+from sam_nnunet.datasets.universal import volume_of
 
 
 def prepare(args) -> Dict[str, Path]:
@@ -79,8 +79,8 @@ def first_validation_cases(val: List[str], n: int, dataset: dict) -> List[str]:
     kept = []
     for source in dataset["sources"]:
         cases = source_cases(val, source)
-        volumes = list(dict.fromkeys(re.sub(r"_z\d+$", "", c) for c in cases))[:n]
-        kept += [c for c in cases if re.sub(r"_z\d+$", "", c) in volumes]
+        volumes = set(list(dict.fromkeys(map(volume_of, cases)))[:n])
+        kept += [c for c in cases if volume_of(c) in volumes]
     return kept
 
 

@@ -30,6 +30,7 @@ pixel (no regions) and have one or three image channels.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -68,6 +69,16 @@ def _source_splits(name: str, cases: List[str], preprocessed_root: Optional[Path
 
     return [{"train": [str(c) for c in f["train"]], "val": [str(c) for c in f["val"]]}
             for f in generate_crossval_split(cases, seed=SPLIT_SEED, n_splits=5)]
+
+
+def slice_case(volume: str, z: int) -> str:
+    """The 2D case of slice ``z`` of a source volume (already prefixed with its source)."""
+    return f"{volume}_z{z:02d}"
+
+
+def volume_of(case: str) -> str:
+    """The source volume a 2D case comes from (the case itself for a 2D source image)."""
+    return re.sub(r"_z\d+$", "", case)
 
 
 def _write_2d(path: Path, pixels: np.ndarray) -> None:
@@ -155,7 +166,7 @@ def merge_universal(datasets: Sequence[str], dataset_id: int, *, name: str = "Un
                 depth = rgb.shape[1]
                 written[case] = []
                 for z in range(depth):
-                    new_case = f"{short}_{case}" if depth == 1 else f"{short}_{case}_z{z:02d}"
+                    new_case = f"{short}_{case}" if depth == 1 else slice_case(f"{short}_{case}", z)
                     for c in range(3):
                         channel_file = tmp / "imagesTr" / f"{new_case}_{c:04d}{FILE_ENDING}"
                         if c and image.shape[0] == 1:  # a one-channel source: G and B are R's file
